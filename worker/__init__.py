@@ -1,0 +1,1 @@
+"""gridsweep worker: pure training code and the HTTP claim loop."""

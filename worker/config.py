@@ -1,0 +1,88 @@
+"""The vocabulary of a trial, shared by spec validation (API) and training (worker).
+
+Pure: no torch, no database, no HTTP. The API validates a spec against these
+names; the worker turns a claimed trial's params into a ``TrialConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu", "silu")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+# Losses by the task they fit; ``auto`` is resolved against the dataset's task.
+REGRESSION_LOSSES = ("mse", "mae", "huber")
+CLASSIFICATION_LOSSES = ("bce", "cross_entropy")
+LOSSES = ("auto", *REGRESSION_LOSSES, *CLASSIFICATION_LOSSES)
+TASKS = ("classification", "regression")
+METRICS = ("val_loss", "val_error", "val_accuracy")
+# Metrics that only mean something for classification.
+CLASSIFICATION_METRICS = ("val_error", "val_accuracy")
+# Momentum used by the ``momentum`` optimizer (SGD with heavy-ball momentum).
+MOMENTUM = 0.9
+
+
+def resolve_loss(loss: str, task: str, n_classes: int) -> str:
+    """Return the concrete loss for ``loss`` on a task, or raise ``ValueError``."""
+    if loss == "auto":
+        if task == "regression":
+            return "mse"
+        return "bce" if n_classes == 2 else "cross_entropy"
+    if task == "regression" and loss not in REGRESSION_LOSSES:
+        raise ValueError(f"loss {loss!r} does not fit a regression task (use one of {REGRESSION_LOSSES})")
+    if task == "classification" and loss not in CLASSIFICATION_LOSSES:
+        raise ValueError(
+            f"loss {loss!r} does not fit a classification task (use one of {CLASSIFICATION_LOSSES})"
+        )
+    if loss == "bce" and n_classes != 2:
+        raise ValueError(f"loss 'bce' needs exactly 2 classes, the dataset has {n_classes}")
+    return loss
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that decides how one MLP is trained, already validated.
+
+    ``hidden_units`` is one width per hidden layer (len == layers).
+    ``loss`` is concrete (never ``auto``).
+    """
+
+    layers: int
+    hidden_units: tuple[int, ...]
+    activation: str
+    learning_rate: float
+    optimizer: str
+    batch_size: int
+    epochs: int
+    dropout: float
+    weight_decay: float
+    loss: str
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], seed: int, task: str, n_classes: int) -> TrialConfig:
+        """Build a config from a trial's resolved params (as stored by the API)."""
+        layers = int(params["layers"])
+        hu = params["hidden_units"]
+        widths = tuple(int(w) for w in hu) if isinstance(hu, list | tuple) else (int(hu),) * layers
+        if len(widths) != layers:
+            raise ValueError(f"hidden_units {list(widths)} has {len(widths)} widths for {layers} layers")
+        return cls(
+            layers=layers,
+            hidden_units=widths,
+            activation=str(params["activation"]),
+            learning_rate=float(params["learning_rate"]),
+            optimizer=str(params["optimizer"]),
+            batch_size=int(params["batch_size"]),
+            epochs=int(params["epochs"]),
+            dropout=float(params["dropout"]),
+            weight_decay=float(params["weight_decay"]),
+            loss=resolve_loss(str(params["loss"]), task, n_classes),
+            seed=int(seed),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden_units"] = list(self.hidden_units)
+        return d
