@@ -1,0 +1,381 @@
+"""Train one MLP trial: the reference path the fused multi-trial engine must agree with.
+
+Pure: torch + worker.config + worker.datasets; no database or HTTP.
+
+Contracts (exact, so another implementation can reproduce a trial bit for bit):
+
+* Model: ``cfg.layers`` blocks of ``Linear(width) -> activation -> Dropout(p)`` then an
+  output ``Linear``. Activations: relu, tanh, sigmoid, gelu (exact erf form),
+  leaky_relu (slope 0.01), elu (alpha 1), silu. The Dropout module is present even
+  when p == 0 (it is then the identity and draws nothing), so the layout is fixed.
+* Init: ``g = torch.Generator().manual_seed(cfg.seed)`` on CPU. For each Linear in
+  order, draw ``W`` of shape ``[fan_in, fan_out]`` then ``b`` of shape ``[fan_out]`` as
+  ``torch.rand(shape, generator=g, dtype=float64) * 2 * bound - bound`` with
+  ``bound = 1 / sqrt(fan_in)``; cast to the training dtype and move to the device
+  (``weight = W.T``). float32 and float64 runs therefore start from the same weights.
+* Dropout: one generator per model, ``torch.Generator(device).manual_seed(cfg.seed +
+  DROPOUT_SEED_OFFSET)``, shared by the dropout layers in forward order. In training,
+  ``keep = torch.rand(x.shape, generator=g, device=x.device, dtype=float32) >= p`` and
+  the output is ``(x * keep) * (1 / (1 - p))`` (inverted dropout). Masks are drawn in
+  float32 whatever the training dtype, so float32 and float64 runs drop the same units.
+  No draws in eval mode or when p == 0.
+* Minibatches: epoch ``e`` (1-based) uses ``torch.randperm(n_fit, generator=
+  torch.Generator().manual_seed(split_seed * 1_000_003 + e))`` on CPU, moved to the
+  device, cut into batches of ``cfg.batch_size`` (the last partial batch is kept).
+  The order depends on the split, not the trial, so every trial of a sweep sees the
+  same batches. ``n_fit`` is n_train, or n_train + n_val (train then val rows) with
+  ``train_on_validation``.
+* Losses (mean over the batch): mse, mae (L1), huber (delta 1), bce (one logit,
+  BCE-with-logits), cross_entropy (n_classes logits). Targets: classification labels
+  are int64 ``[n]`` (bce turns them into float ``[n, 1]``), regression targets are
+  ``[n, 1]`` in the training dtype, in standardized units (see ``split_dataset``).
+* Optimizers (``foreach=False``): sgd, momentum (SGD, momentum ``MOMENTUM``), adam,
+  adamw, all with ``lr=cfg.learning_rate`` and ``weight_decay=cfg.weight_decay``.
+  Per step: ``zero_grad(set_to_none=True)``, forward, loss, backward, step.
+* Metrics: an epoch's train_loss is ``sum(batch_loss * batch_size) / n_fit``,
+  accumulated in float64 on the device. After each epoch the whole val split is
+  evaluated in eval mode (no dropout): val_loss, and for classification
+  val_accuracy and val_error = 1 - val_accuracy (bce predicts class 1 iff logit > 0,
+  cross_entropy predicts the argmax). The result's ``metrics`` are the LAST epoch's.
+* Divergence: a NaN/inf train or val loss ends the trial with status "diverged"
+  (error "train loss became nan in epoch 3"); that epoch is kept in ``epochs`` and
+  ``metrics`` (non-finite values included), ``on_epoch`` is not called for it, and
+  no model is returned.
+* Cancel: ``on_epoch(metrics)`` returning True after an epoch ends the trial with
+  status "canceled" (that epoch is kept). Test evaluation runs only for "succeeded".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import skip_init
+
+from worker.config import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, resolve_loss
+from worker.datasets import SplitData
+
+DROPOUT_SEED_OFFSET = 1_000_003
+BATCH_SEED_MULTIPLIER = 1_000_003
+
+
+# ----------------------------------------------------------------------------- device & data
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
+        if spec != "cuda":
+            idx = spec.split(":", 1)[1]
+            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+                n = torch.cuda.device_count()
+                raise ValueError(f"device {spec!r} does not exist ({n} CUDA device(s))")
+        return torch.device(spec)
+    raise ValueError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
+
+
+@dataclass
+class TensorSplit:
+    """A split as tensors on the training device.
+
+    X_*: ``[n, d]`` in the training dtype. y_*: int64 ``[n]`` class indices for
+    classification, ``[n, 1]`` standardized targets in the training dtype for regression.
+    """
+
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str
+    n_classes: int
+    n_features: int
+    split_seed: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.X_train.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.X_train.device
+
+
+def to_tensors(
+    split: SplitData, device: torch.device | str, dtype: torch.dtype = torch.float32, split_seed: int = 0
+) -> TensorSplit:
+    """Move a ``SplitData`` onto ``device``. ``split_seed`` seeds the minibatch order."""
+    device = torch.device(device)
+
+    def xs(a: Any) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=dtype).to(device).contiguous()
+
+    def ys(a: Any) -> torch.Tensor:
+        if split.task == "classification":
+            return torch.as_tensor(a, dtype=torch.int64).reshape(-1).to(device)
+        return torch.as_tensor(a, dtype=dtype).reshape(-1, 1).to(device)
+
+    return TensorSplit(
+        X_train=xs(split.X_train), y_train=ys(split.y_train),
+        X_val=xs(split.X_val), y_val=ys(split.y_val),
+        X_test=xs(split.X_test), y_test=ys(split.y_test),
+        task=split.task, n_classes=split.n_classes, n_features=split.n_features,
+        split_seed=int(split_seed),
+    )
+
+
+def epoch_permutation(n: int, split_seed: int, epoch: int) -> torch.Tensor:
+    """Row order of (1-based) ``epoch``: a CPU int64 permutation of ``range(n)``."""
+    g = torch.Generator().manual_seed(split_seed * BATCH_SEED_MULTIPLIER + epoch)
+    return torch.randperm(n, generator=g)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing its masks from an explicit generator (not the global RNG),
+    so a trial's masks depend only on its own seed, whatever else runs in the process."""
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=torch.float32) >= self.p
+        return (x * keep) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "gelu":
+        return nn.GELU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01)
+    if name == "elu":
+        return nn.ELU(alpha=1.0)
+    if name == "silu":
+        return nn.SiLU()
+    raise ValueError(f"unknown activation {name!r} (use one of {ACTIVATIONS})")
+
+
+def init_linear_params(g: torch.Generator, fan_in: int, fan_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw (W [fan_in, fan_out], b [fan_out]) in float64 from ``g``, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    w = torch.rand(fan_in, fan_out, generator=g, dtype=torch.float64) * (2 * bound) - bound
+    b = torch.rand(fan_out, generator=g, dtype=torch.float64) * (2 * bound) - bound
+    return w, b
+
+
+def n_outputs_for(loss: str, n_classes: int) -> int:
+    """Width of the output layer: one unit for regression and bce, n_classes logits for cross_entropy."""
+    if loss == "cross_entropy":
+        if n_classes < 2:
+            raise ValueError(f"cross_entropy needs at least 2 classes, got {n_classes}")
+        return n_classes
+    return 1
+
+
+def build_model(
+    cfg: TrialConfig, n_features: int, n_outputs: int, *, dtype: torch.dtype, device: torch.device | str
+) -> nn.Module:
+    """The trial's MLP (an ``nn.Sequential``), initialized from ``cfg.seed`` as the module docstring says."""
+    if len(cfg.hidden_units) != cfg.layers:
+        raise ValueError(f"hidden_units {list(cfg.hidden_units)} has {len(cfg.hidden_units)} widths "
+                         f"for {cfg.layers} layers")
+    device = torch.device(device)
+    drop_gen = torch.Generator(device=device).manual_seed(cfg.seed + DROPOUT_SEED_OFFSET)
+    # Init comes from the trial's own CPU generator, in float64, then is cast once to
+    # the training dtype: the weights depend on cfg.seed alone (not on dtype, device or
+    # the global RNG, which skip_init leaves untouched).
+    g = torch.Generator().manual_seed(cfg.seed)
+    mods: list[nn.Module] = []
+    widths = [n_features, *cfg.hidden_units, n_outputs]
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+        lin = skip_init(nn.Linear, fan_in, fan_out, dtype=dtype, device=device)
+        w, b = init_linear_params(g, fan_in, fan_out)
+        with torch.no_grad():
+            lin.weight.copy_(w.T)  # nn.Linear stores [out, in]
+            lin.bias.copy_(b)
+        mods.append(lin)
+        if i < cfg.layers:
+            mods += [_activation(cfg.activation), Dropout(cfg.dropout, drop_gen)]
+    return nn.Sequential(*mods)
+
+
+# ----------------------------------------------------------------------------- loss & eval
+
+
+def compute_loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss of model outputs ``out`` against targets ``y`` (as stored in a TensorSplit)."""
+    if loss == "mse":
+        return F.mse_loss(out, y)
+    if loss == "mae":
+        return F.l1_loss(out, y)
+    if loss == "huber":
+        return F.huber_loss(out, y, delta=1.0)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(out, y.reshape(-1, 1).to(out.dtype))
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, y)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, task: str) -> dict[str, float]:
+    """``{"loss"}`` plus ``"accuracy"`` and ``"error"`` for classification, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(X)
+    finally:
+        model.train(was_training)
+    res = {"loss": float(compute_loss(out, y, loss))}
+    if task == "classification":
+        pred = (out[:, 0] > 0).long() if loss == "bce" else out.argmax(dim=1)
+        acc = float((pred == y).double().mean())
+        res["accuracy"] = acc
+        res["error"] = 1.0 - acc
+    return res
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_error: float | None = None  # classification only
+    val_accuracy: float | None = None  # classification only
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    status: str  # "succeeded" | "diverged" | "canceled"
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] | None = None
+    error: str | None = None
+    duration_seconds: float = 0.0
+    model: nn.Module | None = None
+
+
+def make_optimizer(cfg: TrialConfig, params: Any) -> torch.optim.Optimizer:
+    # foreach=False: the plain per-parameter loop, the simplest path for a fused
+    # implementation to reproduce exactly.
+    lr, wd = cfg.learning_rate, cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, foreach=False)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=wd, foreach=False)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=False)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=False)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (use one of {OPTIMIZERS})")
+
+
+def _epoch_metrics(epoch: int, train_loss: float, val: dict[str, float]) -> EpochMetrics:
+    return EpochMetrics(epoch, train_loss, val["loss"], val.get("error"), val.get("accuracy"))
+
+
+def _final_metrics(m: EpochMetrics) -> dict[str, float]:
+    out = {"train_loss": m.train_loss, "val_loss": m.val_loss}
+    if m.val_accuracy is not None and m.val_error is not None:
+        out["val_error"] = m.val_error
+        out["val_accuracy"] = m.val_accuracy
+    return out
+
+
+def train_trial(
+    cfg: TrialConfig,
+    data: TensorSplit,
+    *,
+    on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    evaluate_test: bool = False,
+    train_on_validation: bool = False,
+) -> TrialResult:
+    """Train ``cfg`` on ``data`` for ``cfg.epochs`` epochs (see the module docstring for the exact rules)."""
+    t0 = time.perf_counter()
+    loss_name = resolve_loss(cfg.loss, data.task, data.n_classes)  # also checks loss vs task
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
+
+    device, dtype = data.device, data.dtype
+    n_out = n_outputs_for(loss_name, data.n_classes)
+    model = build_model(cfg, data.n_features, n_out, dtype=dtype, device=device)
+    opt = make_optimizer(cfg, model.parameters())
+
+    X_fit, y_fit = data.X_train, data.y_train
+    if train_on_validation:  # refit: the final model sees every non-test row
+        X_fit, y_fit = torch.cat([data.X_train, data.X_val]), torch.cat([data.y_train, data.y_val])
+    n_fit = X_fit.shape[0]
+
+    epochs: list[EpochMetrics] = []
+
+    def done(status: str, error: str | None = None, keep_model: bool = True) -> TrialResult:
+        return TrialResult(status=status, epochs=epochs, metrics=_final_metrics(epochs[-1]) if epochs else {},
+                           error=error, duration_seconds=time.perf_counter() - t0,
+                           model=model if keep_model else None)
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = epoch_permutation(n_fit, data.split_seed, epoch).to(device)
+        # Sum on the device (float64) and read it once per epoch: no host sync per batch.
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, n_fit, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            loss = compute_loss(model(X_fit[idx]), y_fit[idx], loss_name)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach().double() * idx.shape[0]
+        train_loss = float(total) / n_fit
+
+        m = _epoch_metrics(epoch, train_loss, evaluate(model, data.X_val, data.y_val, loss_name, data.task))
+        epochs.append(m)
+        for which, value in (("train", m.train_loss), ("val", m.val_loss)):
+            if not math.isfinite(value):
+                return done("diverged", f"{which} loss became {value} in epoch {epoch}", keep_model=False)
+        if on_epoch is not None and on_epoch(m) is True:
+            return done("canceled")
+
+    result = done("succeeded")
+    if evaluate_test:
+        t = evaluate(model, data.X_test, data.y_test, loss_name, data.task)
+        result.test_metrics = {f"test_{k}": v for k, v in t.items()}
+    result.duration_seconds = time.perf_counter() - t0
+    return result
