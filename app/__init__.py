@@ -1,0 +1,3 @@
+"""gridsweep: hyperparameter grid search for PyTorch MLPs."""
+
+__version__ = "0.1.0"

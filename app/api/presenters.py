@@ -1,0 +1,75 @@
+"""ORM rows -> edge schemas (the read side's shapes, in one place)."""
+
+from __future__ import annotations
+
+import statistics
+
+from sqlalchemy.orm import Session
+
+from app.models import Sweep, Trial, TrialStatus
+from app.schemas import BestRead, EpochRead, MetricRead, SeedResult, SweepRead, TrialDetail, TrialRead
+from app.services.sweeps import METRIC_COLUMNS, TEST_COLUMNS, final_trials, leaderboard, trial_counts
+from app.services.trial_queries import trial_epochs
+
+DONE = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
+
+
+def _metrics(t: Trial, cols: tuple[str, ...]) -> dict[str, float | None]:
+    return {c: getattr(t, c) for c in cols if getattr(t, c) is not None}
+
+
+def best_read(session: Session, sweep: Sweep) -> BestRead | None:
+    ranked = leaderboard(session, sweep, limit=1)
+    if not ranked:
+        return None
+    best = ranked[0]
+    means = {
+        col: statistics.fmean(vals)
+        for col in METRIC_COLUMNS
+        if (vals := [getattr(t, col) for t in best.trials if getattr(t, col) is not None])
+    }
+    finals = [t for t in final_trials(session, sweep.id) if t.status == TrialStatus.succeeded]
+    return BestRead(
+        sweep_id=sweep.id,
+        trial_id=best.trials[0].id,
+        config_index=best.config_index,
+        params=best.params,
+        metric=MetricRead(name=sweep.metric_name, goal=sweep.metric_goal),
+        n_seeds=best.n_seeds,
+        validation={
+            "mean": best.mean,
+            "std": best.std,
+            "metrics_mean": means,
+            "per_seed": [
+                {"seed": t.seed, "trial_id": t.id, "metrics": _metrics(t, METRIC_COLUMNS)} for t in best.trials
+            ],
+        },
+        test=sweep.test_metrics or None,
+        test_per_seed=[SeedResult(seed=t.seed, trial_id=t.id, metrics=_metrics(t, TEST_COLUMNS)) for t in finals],
+    )
+
+
+def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = None) -> SweepRead:
+    counts = counts if counts is not None else trial_counts(session, [sweep.id])[sweep.id]
+    done = sum(counts.get(s, 0) for s in DONE)
+    return SweepRead(
+        id=sweep.id,
+        name=sweep.name,
+        dataset=sweep.dataset,
+        status=sweep.status,
+        n_trials=sweep.n_trials,
+        metric=MetricRead(name=sweep.metric_name, goal=sweep.metric_goal),
+        counts=counts,
+        progress=done / sweep.n_trials if sweep.n_trials else 1.0,
+        best=best_read(session, sweep),
+        error=sweep.error,
+        spec=sweep.spec,
+        created_at=sweep.created_at,
+        started_at=sweep.started_at,
+        finished_at=sweep.finished_at,
+    )
+
+
+def trial_detail(session: Session, trial: Trial) -> TrialDetail:
+    base = TrialRead.model_validate(trial).model_dump()
+    return TrialDetail(**base, epochs=[EpochRead.model_validate(e) for e in trial_epochs(session, trial)])

@@ -1,0 +1,130 @@
+"""Routes for sweeps and trials (the read side and submission)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy.orm import Session
+
+from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.api.presenters import best_read, sweep_read, trial_detail
+from app.models import Sweep, Trial, TrialStatus
+from app.schemas import (
+    BestRead,
+    LeaderboardEntry,
+    Page,
+    SweepCreate,
+    SweepCreated,
+    SweepRead,
+    TrialDetail,
+    TrialRead,
+)
+from app.services import sweeps as sweep_service
+from app.services.trial_queries import SORTABLE, list_trials
+
+router = APIRouter(prefix="/api/v1", tags=["sweeps"])
+
+Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
+Offset = Annotated[int, Query(ge=0)]
+
+
+def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
+    sweep = sweep_service.get_sweep(session, sweep_id)
+    if sweep is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found")
+    return sweep
+
+
+@router.post("/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepCreated)
+def create_sweep(spec: SweepCreate, session: SessionDep, settings: SettingsDep) -> SweepCreated:
+    """Submit a sweep: the spec is validated and expanded into trials."""
+    sweep = sweep_service.create_sweep(session, spec, settings)
+    return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+
+
+@router.get("/sweeps", response_model=Page[SweepRead])
+def list_sweeps(
+    session: ReadSessionDep, settings: SettingsDep, limit: Limit = 50, offset: Offset = 0
+) -> Page[SweepRead]:
+    """List sweeps, newest first."""
+    limit = min(limit, settings.max_page_size)
+    rows, total = sweep_service.list_sweeps(session, limit, offset)
+    counts = sweep_service.trial_counts(session, [s.id for s in rows])
+    items = [sweep_read(session, s, counts[s.id]) for s in rows]
+    return Page[SweepRead](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/sweeps/{sweep_id}", response_model=SweepRead)
+def get_sweep(sweep_id: int, session: ReadSessionDep) -> SweepRead:
+    """One sweep with its counts by status and its best config so far."""
+    return sweep_read(session, _sweep_or_404(session, sweep_id))
+
+
+@router.get("/sweeps/{sweep_id}/best", response_model=BestRead)
+def get_best(sweep_id: int, session: ReadSessionDep) -> BestRead:
+    """The best config by the sweep's metric (mean over seeds) and its test metrics."""
+    best = best_read(session, _sweep_or_404(session, sweep_id))
+    if best is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} has no finished trial yet")
+    return best
+
+
+@router.get("/sweeps/{sweep_id}/leaderboard", response_model=list[LeaderboardEntry])
+def get_leaderboard(
+    sweep_id: int, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+) -> list[LeaderboardEntry]:
+    """The top configs by the sweep's metric (mean over seeds), best first."""
+    ranked = sweep_service.leaderboard(session, _sweep_or_404(session, sweep_id), limit=limit)
+    return [
+        LeaderboardEntry(
+            rank=i + 1, config_index=r.config_index, params=r.params, mean=r.mean, std=r.std,
+            n_seeds=r.n_seeds, trial_ids=[t.id for t in r.trials],
+        )
+        for i, r in enumerate(ranked)
+    ]
+
+
+@router.get("/sweeps/{sweep_id}/trials", response_model=Page[TrialRead])
+def get_trials(
+    sweep_id: int,
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    status_: Annotated[list[TrialStatus] | None, Query(alias="status")] = None,
+    role: Literal["search", "final"] = "search",
+    sort: Annotated[str, Query(pattern="^(" + "|".join(SORTABLE) + "|metric)$")] = "id",
+    order: Literal["asc", "desc"] = "asc",
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[TrialRead]:
+    """A page of the sweep's trials; ``sort=metric`` sorts by the sweep's metric."""
+    sweep = _sweep_or_404(session, sweep_id)
+    limit = min(limit, settings.max_page_size)
+    rows, total = list_trials(
+        session,
+        sweep.id,
+        status=status_,
+        role=role,
+        sort=sweep.metric_name if sort == "metric" else sort,
+        order=order,
+        limit=limit,
+        offset=offset,
+    )
+    items = [TrialRead.model_validate(t) for t in rows]
+    return Page[TrialRead](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post("/sweeps/{sweep_id}/cancel", response_model=SweepRead)
+def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepRead:
+    """Cancel a sweep: queued trials now, running ones at their next epoch."""
+    sweep = sweep_service.cancel_sweep(session, _sweep_or_404(session, sweep_id))
+    return sweep_read(session, sweep)
+
+
+@router.get("/trials/{trial_id}", response_model=TrialDetail, tags=["trials"])
+def get_trial(trial_id: int, session: ReadSessionDep) -> TrialDetail:
+    """One trial with its per-epoch curve."""
+    trial = session.get(Trial, trial_id)
+    if trial is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"trial {trial_id} not found")
+    return trial_detail(session, trial)

@@ -1,0 +1,126 @@
+"""The worker protocol: register, claim, heartbeat, report epochs, complete, release.
+
+Every write about a trial carries its lease token; the answer says per trial
+whether to go on (``ok``), stop because the sweep was canceled (``cancel``) or
+drop it because the lease was lost (``lost``).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.models import Sweep, Trial, TrialRole, TrialStatus, Worker
+from app.schemas import (
+    ClaimedTrial,
+    ClaimRequest,
+    ClaimResponse,
+    CompleteRequest,
+    EpochsRequest,
+    LeasesRequest,
+    LeaseStates,
+    WorkerCreate,
+    WorkerRead,
+)
+from app.services import trials as trial_service
+
+router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
+
+
+def _worker_or_404(session: Session, worker_id: str) -> Worker:
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"worker {worker_id} not registered")
+    return worker
+
+
+def _leases(req: LeasesRequest) -> list[trial_service.Lease]:
+    return [trial_service.Lease(x.trial_id, x.lease_token) for x in req.leases]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WorkerRead)
+def register(body: WorkerCreate, session: SessionDep, settings: SettingsDep) -> WorkerRead:
+    """Register a worker; the answer carries the lease and heartbeat periods."""
+    w = trial_service.register_worker(session, body.name, body.hostname, body.device)
+    out = WorkerRead.model_validate(w)
+    out.lease_seconds = settings.lease_seconds
+    out.heartbeat_seconds = settings.heartbeat_seconds
+    return out
+
+
+@router.get("", response_model=list[WorkerRead])
+def list_workers(session: ReadSessionDep) -> list[WorkerRead]:
+    """Registered workers, most recently seen first, with the trials they hold."""
+    workers = session.scalars(select(Worker).order_by(Worker.last_heartbeat_at.desc().nulls_last())).all()
+    held: dict[str, list[int]] = {}
+    for wid, tid in session.execute(
+        select(Trial.worker_id, Trial.id).where(Trial.status == TrialStatus.running)
+    ):
+        held.setdefault(wid, []).append(tid)
+    out = []
+    for w in workers:
+        r = WorkerRead.model_validate(w)
+        r.trial_ids = sorted(held.get(w.id, []))
+        out.append(r)
+    return out
+
+
+@router.post("/{worker_id}/claim", response_model=ClaimResponse)
+def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: SettingsDep) -> ClaimResponse:
+    """Claim up to ``max_trials`` compatible queued trials under one lease."""
+    worker = _worker_or_404(session, worker_id)
+    trials = trial_service.claim(session, worker, body.max_trials, settings.lease_seconds)
+    sweeps = {s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))}
+    return ClaimResponse(
+        trials=[
+            ClaimedTrial(
+                trial_id=t.id,
+                sweep_id=t.sweep_id,
+                lease_token=t.lease_token or "",
+                role=t.role,
+                seed=t.seed,
+                attempt=t.attempt,
+                params=t.params,
+                dataset=sweeps[t.sweep_id].dataset,
+                split=sweeps[t.sweep_id].spec["split"],
+                evaluate_test=t.role == TrialRole.final,
+                refit=bool(sweeps[t.sweep_id].spec.get("refit")) and t.role == TrialRole.final,
+            )
+            for t in trials
+        ],
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )
+
+
+@router.post("/{worker_id}/heartbeat", response_model=LeaseStates)
+def heartbeat(worker_id: str, body: LeasesRequest, session: SessionDep, settings: SettingsDep) -> LeaseStates:
+    """Extend the leases the worker still holds."""
+    worker = _worker_or_404(session, worker_id)
+    return LeaseStates(states=trial_service.heartbeat(session, worker, _leases(body), settings.lease_seconds))
+
+
+@router.post("/{worker_id}/epochs", response_model=LeaseStates)
+def report_epochs(
+    worker_id: str, body: EpochsRequest, session: SessionDep, settings: SettingsDep
+) -> LeaseStates:
+    """Record per-epoch metrics (idempotent per trial, attempt and epoch)."""
+    _worker_or_404(session, worker_id)
+    reports = [r.model_dump() for r in body.reports]
+    return LeaseStates(states=trial_service.report_epochs(session, reports, settings.lease_seconds))
+
+
+@router.post("/{worker_id}/complete", response_model=LeaseStates)
+def complete(worker_id: str, body: CompleteRequest, session: SessionDep) -> LeaseStates:
+    """End trials with their outcome (fenced by the lease token)."""
+    _worker_or_404(session, worker_id)
+    return LeaseStates(states=trial_service.complete(session, [o.model_dump() for o in body.outcomes]))
+
+
+@router.post("/{worker_id}/release", response_model=LeaseStates)
+def release(worker_id: str, body: LeasesRequest, session: SessionDep) -> LeaseStates:
+    """Give trials back to the queue without using an attempt (worker stopping)."""
+    _worker_or_404(session, worker_id)
+    return LeaseStates(states=trial_service.release(session, _leases(body)))

@@ -1,0 +1,273 @@
+"""The ``gridsweep`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import uvicorn
+
+from app import cli_output as out
+from app.config import Settings, get_settings
+from app.local import ThreadServer, free_port, gridsweep_cmd, spawn, stop_all, wait_healthy
+from worker.client import ApiClient, ApiError
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "canceled")
+
+server_option = click.option(
+    "--server", envvar="GRIDSWEEP_SERVER", default=DEFAULT_SERVER, show_default=True, help="API URL."
+)
+db_option = click.option("--db", "db", envvar="GRIDSWEEP_DATABASE_URL", default=None,
+                         help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).")
+
+
+class Unreachable(click.ClickException):
+    exit_code = 3
+
+
+def settings_for(db: str | None) -> Settings:
+    s = get_settings()
+    return s.model_copy(update={"database_url": db}) if db else s
+
+
+def api(server: str) -> ApiClient:
+    return ApiClient(server, token=os.environ.get("GRIDSWEEP_TOKEN"), retry_for=3.0)
+
+
+def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
+    """One API call with CLI-shaped errors: exit 2 on a bad spec, 3 when unreachable."""
+    try:
+        return client.request(method, path, **kw)
+    except ApiError as exc:
+        if exc.status_code == 422:
+            raise out.SpecFileError("the server rejected the spec:\n" + out.format_api_errors(exc.detail)) from exc
+        if exc.status_code == 503:
+            raise Unreachable(str(exc.detail)) from exc
+        raise click.ClickException(f"{method} {path}: {exc}") from exc
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def main(verbose: bool) -> None:
+    """gridsweep: hyperparameter grid search for PyTorch MLPs."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
+
+
+@main.group()
+def db() -> None:
+    """Database commands."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db: str | None) -> None:
+    """Create or upgrade the store's schema to the latest migration."""
+    from app.migrate import upgrade
+
+    url = settings_for(db).database_url
+    upgrade(url)
+    click.echo(f"database at head: {url.split('@')[-1]}")
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-upgrade", is_flag=True, help="Do not run migrations at start.")
+def serve(db: str | None, host: str, port: int, no_upgrade: bool) -> None:
+    """Run the API server."""
+    settings = settings_for(db)
+    if not no_upgrade:
+        from app.migrate import upgrade
+
+        upgrade(settings.database_url)
+    from app.api import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@main.command()
+@server_option
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--name", default=None, help="Worker name (default: host-pid).")
+@click.option("--pack-size", default=1, show_default=True, type=click.IntRange(1, 1024),
+              help="Trials claimed and trained at once.")
+@click.option("--threads", default=None, type=int, help="torch CPU threads.")
+@click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
+def worker(server: str, device: str, name: str | None, pack_size: int, threads: int | None,
+           exit_when_idle: bool) -> None:
+    """Claim trials from the API and train them."""
+    from worker.loop import Worker
+
+    try:
+        w = Worker(server, device=device, name=name, token=os.environ.get("GRIDSWEEP_TOKEN"),
+                   pack_size=pack_size, threads=threads, exit_when=(lambda: True) if exit_when_idle else None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    w.install_signal_handlers()
+    try:
+        n = w.run()
+    except ApiError as exc:
+        raise Unreachable(f"cannot reach the API at {server}: {exc}") from exc
+    click.echo(f"worker stopped after {n} trials", err=True)
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
+@click.option("--device", default="auto", show_default=True)
+def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
+    """API + N local workers in one command (Ctrl-C stops them all)."""
+    settings = settings_for(db)
+    url = f"http://{host}:{port}"
+    server = spawn(gridsweep_cmd("serve", "--host", host, "--port", str(port)),
+                   env={"GRIDSWEEP_DATABASE_URL": settings.database_url})
+    procs = [server]
+    try:
+        wait_healthy(url, timeout=60, proc=server)
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+        for _ in range(workers):
+            procs.append(spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads)))
+        click.echo(f"gridsweep up: API at {url}, {workers} worker(s), store {settings.database_url}", err=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("stopping...", err=True)
+    finally:
+        stop_all(procs[1:])
+        stop_all(procs[:1])
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@server_option
+@click.option("--wait", is_flag=True, help="Wait for the sweep to end and print the best config.")
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between progress polls.")
+def submit(spec_file: str, server: str, wait: bool, poll: float) -> None:
+    """Submit a sweep from a YAML spec; print its id."""
+    spec = out.load_spec(spec_file)
+    client = api(server)
+    created = call_create(client, spec.model_dump(mode="json"), server)
+    click.echo(created["id"])
+    click.echo(f"sweep {created['id']} queued with {created['n_trials']} trials", err=True)
+    if wait:
+        sweep = wait_for(client, created["id"], poll)
+        click.echo(out.best_text(sweep.get("best")))
+        if sweep["status"] != "succeeded":
+            raise click.ClickException(f"sweep {sweep['id']} ended {sweep['status']}: {sweep.get('error')}")
+
+
+def call_create(client: ApiClient, body: dict[str, Any], server: str) -> dict[str, Any]:
+    try:
+        return call(client, "POST", "/api/v1/sweeps", json=body)
+    except click.ClickException:
+        raise
+    except Exception as exc:  # pragma: no cover - defensive
+        raise Unreachable(f"cannot reach {server}: {exc}") from exc
+
+
+def wait_for(client: ApiClient, sweep_id: int, poll: float) -> dict[str, Any]:
+    """Show progress until the sweep ends (a bar on a terminal, plain lines otherwise)."""
+    last = ""
+    while True:
+        sweep = call(client, "GET", f"/api/v1/sweeps/{sweep_id}")
+        if out.is_tty():
+            click.echo("\r" + out.progress_bar(sweep), nl=False, err=True)
+        elif (line := out.progress_line(sweep)) != last:
+            click.echo(line, err=True)
+            last = line
+        if sweep["status"] in TERMINAL:
+            if out.is_tty():
+                click.echo("", err=True)
+            return sweep
+        time.sleep(poll)
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@db_option
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pack-size", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--top", default=10, show_default=True, help="Configs in the leaderboard.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(spec_file: str, db: str | None, workers: int, device: str, pack_size: int, top: int,
+        as_json: bool) -> None:
+    """Run one sweep to the end locally (no separate server) and print the leaderboard."""
+    from app.migrate import upgrade
+    from worker.loop import Worker
+
+    spec = out.load_spec(spec_file)
+    settings = settings_for(db)
+    upgrade(settings.database_url)
+    with ThreadServer(settings, port=free_port()) as srv:
+        client = api(srv.url)
+        created = call_create(client, spec.model_dump(mode="json"), srv.url)
+        sid = created["id"]
+        click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
+
+        def sweep_done() -> bool:
+            return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        helpers = [
+            spawn(gridsweep_cmd("worker", "--server", srv.url, "--device", device, "--pack-size",
+                                str(pack_size), "--threads", str(threads)))
+            for _ in range(workers - 1)
+        ]
+        try:
+            w = Worker(srv.url, device=device, pack_size=pack_size, threads=threads, exit_when=sweep_done)
+            w.install_signal_handlers()
+            w.run()
+        finally:
+            stop_all(helpers)
+        sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")
+        board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
+    if as_json:
+        out.echo_json({"sweep": sweep, "leaderboard": board, "best": sweep.get("best")})
+    else:
+        click.echo(out.progress_line(sweep))
+        click.echo(out.leaderboard_table(sweep, board))
+        click.echo(out.best_text(sweep.get("best")))
+    if sweep["status"] != "succeeded":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("sweep_id", type=int)
+@server_option
+@click.option("--json", "as_json", is_flag=True)
+def status(sweep_id: int, server: str, as_json: bool) -> None:
+    """Show a sweep's status and progress."""
+    sweep = call(api(server), "GET", f"/api/v1/sweeps/{sweep_id}")
+    if as_json:
+        out.echo_json(sweep)
+    else:
+        click.echo(out.progress_line(sweep))
+        click.echo("  " + ", ".join(f"{k} {v}" for k, v in sweep["counts"].items() if v))
+
+
+@main.command()
+@click.argument("sweep_id", type=int)
+@server_option
+@click.option("--json", "as_json", is_flag=True)
+def best(sweep_id: int, server: str, as_json: bool) -> None:
+    """Show a sweep's best config."""
+    result = call(api(server), "GET", f"/api/v1/sweeps/{sweep_id}/best")
+    if as_json:
+        out.echo_json(result)
+    else:
+        click.echo(out.best_text(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Run the API locally: in a thread of this process, or as child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+import httpx
+import uvicorn
+
+from app.api import create_app
+from app.config import Settings
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait for ``GET /healthz`` to answer 200 (or the server process to die)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"server at {url} not healthy after {timeout}s")
+
+
+class ThreadServer:
+    """uvicorn in a daemon thread (``gridsweep run``): same HTTP path, no extra process."""
+
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host, self.port = host, port or free_port(host)
+        config = uvicorn.Config(
+            create_app(settings), host=self.host, port=self.port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        wait_healthy(self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def gridsweep_cmd(*args: str) -> list[str]:
+    """The command line that runs a gridsweep subcommand with this interpreter."""
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(args), env={**os.environ, **(env or {})})
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM every child (workers release their trials), then SIGKILL stragglers."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,194 @@
+"""ORM models: sweep, trial, trial_epoch, worker.
+
+Conventions: singular snake_case tables, ``*_at`` datetimes (UTC), ``*_seconds``
+durations, one status enum per entity stored as a string.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Naive UTC in the database, aware UTC in Python (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SweepStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+
+class TrialStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    diverged = "diverged"
+    canceled = "canceled"
+
+
+TERMINAL_TRIAL_STATUSES = (
+    TrialStatus.succeeded,
+    TrialStatus.failed,
+    TrialStatus.diverged,
+    TrialStatus.canceled,
+)
+
+
+class TrialRole(StrEnum):
+    search = "search"  # a grid point, scored on validation
+    final = "final"  # the best config retrained once per seed and scored on the test split
+
+
+class WorkerStatus(StrEnum):
+    online = "online"
+    offline = "offline"
+
+
+class Sweep(Base):
+    __tablename__ = "sweep"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dataset: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=SweepStatus.queued, index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metric_name: Mapped[str] = mapped_column(String(32))
+    metric_goal: Mapped[str] = mapped_column(String(8))
+    n_trials: Mapped[int] = mapped_column(Integer)
+    best_trial_id: Mapped[int | None] = mapped_column(Integer)
+    test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    trials: Mapped[list[Trial]] = relationship(back_populates="sweep", passive_deletes=True)
+
+
+class Worker(Base):
+    __tablename__ = "worker"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.online)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Trial(Base):
+    __tablename__ = "trial"
+    __table_args__ = (
+        # The claim scans queued trials in priority order.
+        Index("ix_trial_status_priority", "status", "priority", "sweep_id", "config_index", "seed"),
+        Index("ix_trial_sweep_id_status", "sweep_id", "status"),
+        Index("ix_trial_lease_expires_at", "lease_expires_at"),
+        # A grid point is trained once per seed and role, whatever races happen.
+        UniqueConstraint("sweep_id", "role", "config_index", "seed"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweep.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(8), default=TrialRole.search)
+    # Lower runs first: final evaluations jump the queue so a finished sweep completes.
+    priority: Mapped[int] = mapped_column(Integer, default=100)
+    config_index: Mapped[int] = mapped_column(Integer)
+    config_key: Mapped[str] = mapped_column(String(64))
+    # Trials with the same pack_key may be trained together (same data, batches, epochs...).
+    pack_key: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=TrialStatus.queued)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(ForeignKey("worker.id", ondelete="SET NULL"))
+    device: Mapped[str | None] = mapped_column(String(64))
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_error: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    test_error: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="trials")
+    epochs: Mapped[list[TrialEpoch]] = relationship(
+        back_populates="trial", order_by="TrialEpoch.epoch", passive_deletes=True
+    )
+
+
+class TrialEpoch(Base):
+    __tablename__ = "trial_epoch"
+    # A retried report of the same epoch of the same attempt is recorded once.
+    __table_args__ = (UniqueConstraint("trial_id", "attempt", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_error: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    trial: Mapped[Trial] = relationship(back_populates="epochs")

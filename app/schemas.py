@@ -1,0 +1,219 @@
+"""Pydantic schemas at the API's edge. ``SweepCreate`` is the spec itself."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.spec import SweepSpec
+
+T = TypeVar("T")
+
+SweepCreate = SweepSpec
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class SweepCreated(BaseModel):
+    id: int
+    status: str
+    n_trials: int
+
+
+class MetricRead(BaseModel):
+    name: str
+    goal: str
+
+
+class SeedResult(BaseModel):
+    seed: int
+    trial_id: int
+    metrics: dict[str, float | None]
+
+
+class BestRead(BaseModel):
+    sweep_id: int
+    trial_id: int
+    config_index: int
+    params: dict[str, Any]
+    metric: MetricRead
+    n_seeds: int
+    validation: dict[str, Any] = Field(description="mean and std over seeds of the sweep's metric, and each seed")
+    test: dict[str, float] | None = Field(description="held-out test metrics of the best config (mean over seeds)")
+    test_per_seed: list[SeedResult] = []
+
+
+class SweepRead(BaseModel):
+    id: int
+    name: str
+    dataset: str
+    status: str
+    n_trials: int
+    metric: MetricRead
+    counts: dict[str, int]
+    progress: float
+    best: BestRead | None = None
+    error: str | None = None
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrialRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    sweep_id: int
+    role: str
+    config_index: int
+    seed: int
+    params: dict[str, Any]
+    status: str
+    attempt: int
+    epochs_done: int
+    train_loss: float | None
+    val_loss: float | None
+    val_error: float | None
+    val_accuracy: float | None
+    test_loss: float | None = None
+    test_error: float | None = None
+    test_accuracy: float | None = None
+    error: str | None
+    worker_id: str | None
+    device: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+
+
+class EpochRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_error: float | None
+    val_accuracy: float | None
+
+
+class TrialDetail(TrialRead):
+    epochs: list[EpochRead]
+
+
+# --- the worker protocol ------------------------------------------------------------
+
+
+class WorkerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    hostname: str | None = Field(None, max_length=255)
+    device: str | None = Field(None, max_length=64)
+
+
+class WorkerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    hostname: str | None
+    device: str | None
+    status: str
+    created_at: datetime
+    last_heartbeat_at: datetime | None
+    lease_seconds: float | None = None
+    heartbeat_seconds: float | None = None
+    trial_ids: list[int] = []
+
+
+class ClaimRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_trials: int = Field(1, ge=1, le=1024)
+
+
+class ClaimedTrial(BaseModel):
+    trial_id: int
+    sweep_id: int
+    lease_token: str
+    role: str
+    seed: int
+    attempt: int
+    params: dict[str, Any]
+    dataset: str
+    split: dict[str, Any]
+    evaluate_test: bool
+    refit: bool
+
+
+class ClaimResponse(BaseModel):
+    trials: list[ClaimedTrial]
+    lease_seconds: float
+    heartbeat_seconds: float
+
+
+class LeaseRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trial_id: int
+    lease_token: str = Field(min_length=1, max_length=64)
+
+
+class LeasesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    leases: list[LeaseRef] = Field(max_length=1024)
+
+
+class EpochReport(LeaseRef):
+    epoch: int = Field(ge=1)
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_error: float | None = None
+    val_accuracy: float | None = None
+
+
+class EpochsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reports: list[EpochReport] = Field(max_length=4096)
+
+
+class TrialOutcome(LeaseRef):
+    status: Literal["succeeded", "failed", "diverged", "canceled"]
+    metrics: dict[str, float | None] = {}
+    epochs_done: int | None = Field(None, ge=0)
+    error: str | None = Field(None, max_length=20_000)
+    device: str | None = Field(None, max_length=64)
+    duration_seconds: float | None = Field(None, ge=0)
+
+
+class CompleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcomes: list[TrialOutcome] = Field(max_length=1024)
+
+
+class LeaseStates(BaseModel):
+    """Per trial: ``ok`` carry on, ``cancel`` stop (sweep canceled), ``lost`` drop it."""
+
+    states: dict[int, Literal["ok", "cancel", "lost"]]
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    config_index: int
+    params: dict[str, Any]
+    mean: float = Field(description="the sweep's metric, mean over the seeds that succeeded")
+    std: float
+    n_seeds: int
+    trial_ids: list[int]

@@ -1,0 +1,241 @@
+"""Sweeps: create from a spec, list, cancel, rank configs, finalize."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import db_now
+from app.models import (
+    TERMINAL_TRIAL_STATUSES,
+    Sweep,
+    SweepStatus,
+    Trial,
+    TrialRole,
+    TrialStatus,
+)
+from app.spec import DataFacts, SpecError, SweepSpec, expand, validate_spec
+from worker.datasets import BUILTIN_DATASETS
+
+METRIC_COLUMNS = ("train_loss", "val_loss", "val_error", "val_accuracy")
+TEST_COLUMNS = ("test_loss", "test_error", "test_accuracy")
+FINAL_PRIORITY = 0  # final evaluations run before any search trial
+
+
+def dataset_facts(session: Session, name: str) -> DataFacts:
+    """Task and classes of the dataset a spec names, or a SpecError at ``dataset``."""
+    info = BUILTIN_DATASETS.get(name)
+    if info is None:
+        raise SpecError(
+            [{"loc": ("dataset",), "msg": f"unknown dataset {name!r}; built-in: {sorted(BUILTIN_DATASETS)}"}]
+        )
+    return DataFacts(task=info.task, n_classes=info.n_classes)
+
+
+def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep:
+    """Validate ``spec`` against its dataset and the limits, then store it and its trials."""
+    facts = dataset_facts(session, spec.dataset)
+    n = validate_spec(spec, facts, settings.max_trials, settings.max_epochs)
+    sweep = Sweep(
+        name=spec.name,
+        dataset=spec.dataset,
+        status=SweepStatus.queued,
+        spec=spec.model_dump(mode="json"),
+        metric_name=spec.metric.name,
+        metric_goal=spec.metric.goal,
+        n_trials=n,
+        created_at=db_now(session),
+    )
+    session.add(sweep)
+    session.flush()
+    rows = [
+        {
+            "sweep_id": sweep.id,
+            "role": TrialRole.search,
+            "priority": 100,
+            "config_index": r.config_index,
+            "config_key": r.config_key,
+            "pack_key": r.pack_key,
+            "seed": r.seed,
+            "params": r.params,
+            "status": TrialStatus.queued,
+            "attempt": 0,
+            "max_attempts": settings.max_attempts,
+            "epochs_done": 0,
+            "created_at": sweep.created_at,
+        }
+        for r in expand(spec, facts)
+    ]
+    # Core bulk insert: one executemany instead of 10,000 ORM objects.
+    for start in range(0, len(rows), 1000):
+        session.execute(insert(Trial), rows[start : start + 1000])
+    return sweep
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep | None:
+    return session.get(Sweep, sweep_id)
+
+
+def list_sweeps(session: Session, limit: int, offset: int) -> tuple[list[Sweep], int]:
+    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+    rows = session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def trial_counts(session: Session, sweep_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Search-trial counts by status for each sweep (every status present, zeros included)."""
+    out = {sid: {s.value: 0 for s in TrialStatus} for sid in sweep_ids}
+    if not sweep_ids:
+        return out
+    q = (
+        select(Trial.sweep_id, Trial.status, func.count())
+        .where(Trial.sweep_id.in_(sweep_ids), Trial.role == TrialRole.search)
+        .group_by(Trial.sweep_id, Trial.status)
+    )
+    for sid, status, n in session.execute(q):
+        out[sid][status] = n
+    return out
+
+
+@dataclass
+class RankedConfig:
+    config_index: int
+    params: dict[str, Any]
+    mean: float
+    n_seeds: int
+    trials: list[Trial] = field(default_factory=list)  # the succeeded seeds
+    values: list[float] = field(default_factory=list)  # their metric, seed by seed
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+
+
+def leaderboard(session: Session, sweep: Sweep, limit: int = 10) -> list[RankedConfig]:
+    """Configs ranked by the sweep's metric, mean over seeds, in SQL.
+
+    A config ranks when at least one seed succeeded and none diverged (a diverged
+    seed ranks the whole config last); ties go to the lower grid index.
+    """
+    metric = getattr(Trial, sweep.metric_name)
+    mean = func.avg(case((Trial.status == TrialStatus.succeeded, metric)))
+    n_ok = func.sum(case((Trial.status == TrialStatus.succeeded, 1), else_=0))
+    n_div = func.sum(case((Trial.status == TrialStatus.diverged, 1), else_=0))
+    order = mean.asc() if sweep.metric_goal == "minimize" else mean.desc()
+    q = (
+        select(Trial.config_index, mean.label("mean"), n_ok.label("n"))
+        .where(Trial.sweep_id == sweep.id, Trial.role == TrialRole.search)
+        .group_by(Trial.config_index)
+        .having(n_ok > 0, n_div == 0, mean.is_not(None))
+        .order_by(order, Trial.config_index.asc())
+        .limit(limit)
+    )
+    ranked = [RankedConfig(ci, {}, float(m), int(n)) for ci, m, n in session.execute(q)]
+    if not ranked:
+        return []
+    by_index = {r.config_index: r for r in ranked}
+    trials = session.scalars(
+        select(Trial)
+        .where(
+            Trial.sweep_id == sweep.id,
+            Trial.role == TrialRole.search,
+            Trial.status == TrialStatus.succeeded,
+            Trial.config_index.in_(by_index),
+        )
+        .order_by(Trial.seed)
+    ).all()
+    for t in trials:
+        r = by_index[t.config_index]
+        r.params = t.params
+        r.trials.append(t)
+        r.values.append(getattr(t, sweep.metric_name))
+    return ranked
+
+
+def final_trials(session: Session, sweep_id: int) -> list[Trial]:
+    return list(
+        session.scalars(
+            select(Trial)
+            .where(Trial.sweep_id == sweep_id, Trial.role == TrialRole.final)
+            .order_by(Trial.seed)
+        ).all()
+    )
+
+
+def cancel_sweep(session: Session, sweep: Sweep) -> Sweep:
+    """Cancel queued trials now; running ones are told to stop at their next report."""
+    if sweep.status in (SweepStatus.succeeded, SweepStatus.failed, SweepStatus.canceled):
+        return sweep
+    now = db_now(session)
+    session.execute(
+        update(Trial)
+        .where(Trial.sweep_id == sweep.id, Trial.status == TrialStatus.queued)
+        .values(status=TrialStatus.canceled, finished_at=now, error="sweep canceled")
+    )
+    sweep.status = SweepStatus.canceled
+    sweep.finished_at = now
+    session.flush()
+    return sweep
+
+
+def finalize_if_done(session: Session, sweep_id: int) -> None:
+    """Move a sweep on once its trials are done: queue the test evaluation, then finish.
+
+    Runs in the transaction that ended a trial. The sweep row is locked first so
+    that two trials ending at once cannot both queue the final evaluation.
+    """
+    sweep = session.scalars(select(Sweep).where(Sweep.id == sweep_id).with_for_update()).one()
+    if sweep.status in (SweepStatus.succeeded, SweepStatus.failed, SweepStatus.canceled):
+        return
+    pending = session.scalar(
+        select(func.count())
+        .select_from(Trial)
+        .where(Trial.sweep_id == sweep_id, Trial.status.not_in(TERMINAL_TRIAL_STATUSES))
+    )
+    if pending:
+        return
+    now = db_now(session)
+    finals = final_trials(session, sweep_id)
+    if not finals:
+        ranked = leaderboard(session, sweep, limit=1)
+        if not ranked:
+            sweep.status = SweepStatus.failed
+            sweep.error = "no trial succeeded"
+            sweep.finished_at = now
+            return
+        best = ranked[0]
+        sweep.best_trial_id = best.trials[0].id
+        for t in best.trials:
+            session.add(
+                Trial(
+                    sweep_id=sweep.id,
+                    role=TrialRole.final,
+                    priority=FINAL_PRIORITY,
+                    config_index=t.config_index,
+                    config_key=t.config_key,
+                    pack_key=t.pack_key,
+                    seed=t.seed,
+                    params=t.params,
+                    status=TrialStatus.queued,
+                    max_attempts=t.max_attempts,
+                    created_at=now,
+                )
+            )
+        session.flush()
+        return
+    ok = [t for t in finals if t.status == TrialStatus.succeeded]
+    if ok:
+        sweep.test_metrics = {
+            col: statistics.fmean(getattr(t, col) for t in ok)
+            for col in TEST_COLUMNS
+            if all(getattr(t, col) is not None for t in ok)
+        }
+    else:
+        sweep.error = "test evaluation failed: " + "; ".join(f"seed {t.seed}: {t.error}" for t in finals)
+    sweep.status = SweepStatus.succeeded
+    sweep.finished_at = now

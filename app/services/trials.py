@@ -1,0 +1,276 @@
+"""The trial lifecycle: claim, heartbeat, report, complete, release, reap.
+
+A claim is one short transaction that selects, locks and marks queued trials
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite). It
+hands out a lease token; every later write about the trial is fenced by it: a
+write with a stale token changes nothing and tells the worker the trial is lost.
+Times come from the database clock so that several API hosts agree.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db import db_now, for_update_skip_locked, insert_ignore
+from app.models import Sweep, SweepStatus, Trial, TrialEpoch, TrialStatus, Worker, WorkerStatus
+from app.services.sweeps import finalize_if_done
+
+CLAIM_ORDER = (Trial.priority, Trial.sweep_id, Trial.config_index, Trial.seed, Trial.id)
+
+
+class LeaseState(StrEnum):
+    ok = "ok"  # carry on
+    cancel = "cancel"  # the sweep was canceled: stop and report the trial canceled
+    lost = "lost"  # the lease is gone (expired and reclaimed): drop the trial, write nothing
+
+
+@dataclass(frozen=True)
+class Lease:
+    trial_id: int
+    lease_token: str
+
+
+def register_worker(session: Session, name: str, hostname: str | None, device: str | None) -> Worker:
+    w = Worker(
+        id=str(uuid.uuid4()),
+        name=name,
+        hostname=hostname,
+        device=device,
+        status=WorkerStatus.online,
+        last_heartbeat_at=db_now(session),
+    )
+    session.add(w)
+    session.flush()
+    return w
+
+
+def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: float) -> list[Trial]:
+    """Claim up to ``max_trials`` queued trials of one pack (same sweep, same pack key)."""
+    now = db_now(session)
+    worker.last_heartbeat_at = now
+    worker.status = WorkerStatus.online
+    lock = for_update_skip_locked(session)
+    head = session.execute(
+        select(Trial.id, Trial.sweep_id, Trial.pack_key)
+        .where(Trial.status == TrialStatus.queued)
+        .order_by(*CLAIM_ORDER)
+        .limit(1)
+        .with_for_update(**lock)
+    ).first()
+    if head is None:
+        return []
+    ids = (
+        select(Trial.id)
+        .where(
+            Trial.status == TrialStatus.queued,
+            Trial.sweep_id == head.sweep_id,
+            Trial.pack_key == head.pack_key,
+        )
+        .order_by(*CLAIM_ORDER)
+        .limit(max_trials)
+        .with_for_update(**lock)
+        .scalar_subquery()
+    )
+    token = secrets.token_hex(16)
+    trials = session.scalars(
+        update(Trial)
+        .where(Trial.id.in_(ids), Trial.status == TrialStatus.queued)
+        .values(
+            status=TrialStatus.running,
+            attempt=Trial.attempt + 1,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            worker_id=worker.id,
+            device=worker.device,
+            started_at=now,
+            epochs_done=0,
+            error=None,
+        )
+        .returning(Trial)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == head.sweep_id, Sweep.status == SweepStatus.queued)
+        .values(status=SweepStatus.running, started_at=now)
+    )
+    return sorted(trials, key=lambda t: (t.priority, t.config_index, t.seed, t.id))
+
+
+def _held(session: Session, leases: list[Lease]) -> dict[int, Trial]:
+    """The trials among ``leases`` whose token is still current (row-locked)."""
+    if not leases:
+        return {}
+    tokens = {lease.trial_id: lease.lease_token for lease in leases}
+    rows = session.scalars(
+        select(Trial)
+        .where(Trial.id.in_(tokens), Trial.status == TrialStatus.running)
+        .with_for_update()
+    ).all()
+    return {t.id: t for t in rows if t.lease_token is not None and t.lease_token == tokens[t.id]}
+
+
+def _canceled_sweeps(session: Session, trials: list[Trial]) -> set[int]:
+    sweep_ids = {t.sweep_id for t in trials}
+    if not sweep_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Sweep.id).where(Sweep.id.in_(sweep_ids), Sweep.status == SweepStatus.canceled)
+        ).all()
+    )
+
+
+def heartbeat(
+    session: Session, worker: Worker, leases: list[Lease], lease_seconds: float
+) -> dict[int, LeaseState]:
+    """Extend the leases still held; say which trials are lost or canceled."""
+    now = db_now(session)
+    worker.last_heartbeat_at = now
+    worker.status = WorkerStatus.online
+    held = _held(session, leases)
+    canceled = _canceled_sweeps(session, list(held.values()))
+    for t in held.values():
+        t.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    return {
+        lease.trial_id: (
+            LeaseState.lost
+            if lease.trial_id not in held
+            else LeaseState.cancel
+            if held[lease.trial_id].sweep_id in canceled
+            else LeaseState.ok
+        )
+        for lease in leases
+    }
+
+
+def report_epochs(
+    session: Session, reports: list[dict[str, Any]], lease_seconds: float
+) -> dict[int, LeaseState]:
+    """Record per-epoch metrics (once per trial, attempt and epoch) and extend the leases."""
+    now = db_now(session)
+    held = _held(session, [Lease(r["trial_id"], r["lease_token"]) for r in reports])
+    canceled = _canceled_sweeps(session, list(held.values()))
+    states: dict[int, LeaseState] = {}
+    rows = []
+    for r in reports:
+        t = held.get(r["trial_id"])
+        if t is None:
+            states[r["trial_id"]] = LeaseState.lost
+            continue
+        rows.append(
+            {
+                "trial_id": t.id,
+                "attempt": t.attempt,
+                "epoch": r["epoch"],
+                "train_loss": r.get("train_loss"),
+                "val_loss": r.get("val_loss"),
+                "val_error": r.get("val_error"),
+                "val_accuracy": r.get("val_accuracy"),
+                "created_at": now,
+            }
+        )
+        if r["epoch"] >= t.epochs_done:
+            t.epochs_done = r["epoch"]
+            for col in ("train_loss", "val_loss", "val_error", "val_accuracy"):
+                setattr(t, col, r.get(col))
+        t.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        states[t.id] = LeaseState.cancel if t.sweep_id in canceled else LeaseState.ok
+    if rows:
+        session.execute(insert_ignore(session, TrialEpoch.__table__), rows)
+    return states
+
+
+FINAL_COLUMNS = (
+    "train_loss", "val_loss", "val_error", "val_accuracy", "test_loss", "test_error", "test_accuracy",
+)
+OUTCOMES = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
+
+
+def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, LeaseState]:
+    """End trials with their outcome; a stale lease changes nothing."""
+    now = db_now(session)
+    held = _held(session, [Lease(o["trial_id"], o["lease_token"]) for o in outcomes])
+    states: dict[int, LeaseState] = {}
+    touched: set[int] = set()
+    for o in outcomes:
+        t = held.get(o["trial_id"])
+        if t is None:
+            states[o["trial_id"]] = LeaseState.lost
+            continue
+        t.status = TrialStatus(o["status"])
+        metrics = o.get("metrics") or {}
+        for col in FINAL_COLUMNS:
+            if col in metrics:
+                setattr(t, col, metrics[col])
+        if o.get("epochs_done") is not None:
+            t.epochs_done = o["epochs_done"]
+        t.error = o.get("error")
+        t.device = o.get("device") or t.device
+        t.duration_seconds = o.get("duration_seconds")
+        t.finished_at = now
+        t.lease_token = None
+        t.lease_expires_at = None
+        states[t.id] = LeaseState.ok
+        touched.add(t.sweep_id)
+    session.flush()
+    for sweep_id in sorted(touched):
+        finalize_if_done(session, sweep_id)
+    return states
+
+
+def release(session: Session, leases: list[Lease]) -> dict[int, LeaseState]:
+    """Give trials back to the queue without using up an attempt (worker shutting down)."""
+    held = _held(session, leases)
+    for t in held.values():
+        t.status = TrialStatus.queued
+        t.attempt = max(0, t.attempt - 1)
+        t.lease_token = None
+        t.lease_expires_at = None
+        t.worker_id = None
+        t.started_at = None
+    return {lease.trial_id: LeaseState.ok if lease.trial_id in held else LeaseState.lost for lease in leases}
+
+
+def reap_expired(session: Session) -> int:
+    """Requeue trials whose lease expired; fail those out of attempts. Returns the count."""
+    now = db_now(session)
+    expired = session.scalars(
+        select(Trial)
+        .where(Trial.status == TrialStatus.running, Trial.lease_expires_at < now)
+        .order_by(Trial.id)
+        .with_for_update(**for_update_skip_locked(session))
+    ).all()
+    failed_sweeps: set[int] = set()
+    for t in expired:
+        t.lease_token = None
+        t.lease_expires_at = None
+        t.worker_id = None
+        if t.attempt >= t.max_attempts:
+            t.status = TrialStatus.failed
+            t.error = f"worker lost: lease expired on attempt {t.attempt} of {t.max_attempts}"
+            t.finished_at = now
+            failed_sweeps.add(t.sweep_id)
+        else:
+            t.status = TrialStatus.queued
+    session.flush()
+    for sweep_id in sorted(failed_sweeps):
+        finalize_if_done(session, sweep_id)
+    return len(expired)
+
+
+def count_online_workers(session: Session, within_seconds: float) -> int:
+    now = db_now(session)
+    return session.scalar(
+        select(func.count())
+        .select_from(Worker)
+        .where(Worker.last_heartbeat_at >= now - timedelta(seconds=within_seconds))
+    ) or 0

@@ -1,0 +1,240 @@
+"""The sweep spec: one pydantic model validates JSON (API) and YAML (CLI).
+
+A parameter is a scalar (fixed), a list (a grid axis), or the W&B form
+``{value: x}`` / ``{values: [...]}``. ``expand`` turns a validated spec into
+trial rows; ``count_trials`` knows the count without expanding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from worker.config import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
+
+# Axis order is the expansion order; seeds vary fastest.
+AXES = (
+    "layers",
+    "hidden_units",
+    "activation",
+    "learning_rate",
+    "optimizer",
+    "batch_size",
+    "epochs",
+    "dropout",
+    "weight_decay",
+    "loss",
+)
+
+
+class SpecError(ValueError):
+    """Spec problems found after parsing; each error has a ``loc`` path and a ``msg``."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{format_loc(e['loc'])}: {e['msg']}" for e in errors))
+
+
+def format_loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("parameters", "loss", 0)`` -> ``parameters.loss[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _as_axis(value: Any) -> Any:
+    """Normalize a parameter to a list of grid values."""
+    if isinstance(value, dict):
+        keys = set(value)
+        if keys == {"values"}:
+            return value["values"]
+        if keys == {"value"}:
+            return [value["value"]]
+        raise ValueError(
+            "a parameter is a value, a list of values, {value: x} or {values: [...]}; "
+            f"got keys {sorted(keys)} (only grid search is supported: no distributions)"
+        )
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def Axis(item: Any) -> Any:
+    return Annotated[list[item], BeforeValidator(_as_axis), Field(min_length=1)]
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Width = Annotated[int, Field(gt=0, le=65_536)]
+
+
+class Parameters(BaseModel):
+    """The grid. Each field is a list of values; a scalar is a list of one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: Axis(Annotated[int, Field(ge=1, le=64)]) = [1]
+    # A width for every hidden layer, or a per-layer list (which fixes the depth itself:
+    # it is combined only with the matching `layers` value).
+    hidden_units: Axis(Width | Annotated[list[Width], Field(min_length=1)]) = [64]
+    activation: Axis(Literal[ACTIVATIONS]) = ["relu"]
+    learning_rate: Axis(Annotated[float, Field(gt=0, allow_inf_nan=False)]) = [0.01]
+    optimizer: Axis(Literal[OPTIMIZERS]) = ["adam"]
+    batch_size: Axis(PositiveInt) = [64]
+    epochs: Axis(PositiveInt) = [20]
+    dropout: Axis(Annotated[float, Field(ge=0, lt=1)]) = [0.0]
+    weight_decay: Axis(Annotated[float, Field(ge=0, allow_inf_nan=False)]) = [0.0]
+    loss: Axis(Literal["auto", "mse", "mae", "huber", "bce", "cross_entropy"]) = ["auto"]
+
+
+class MetricSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["val_loss", "val_error", "val_accuracy"] = "val_loss"
+    goal: Literal["minimize", "maximize"] | None = None
+    # Optional gate for CI: the best metric must be on the goal's side of it.
+    threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _default_goal(self) -> MetricSpec:
+        if self.goal is None:
+            self.goal = "maximize" if self.name == "val_accuracy" else "minimize"
+        return self
+
+
+class SplitSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    validation: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitSpec:
+        if self.validation + self.test >= 1:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves no training data (< 1 needed)"
+            )
+        return self
+
+
+class SweepSpec(BaseModel):
+    """A grid search: what to train on, the grid, the seeds and the split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    dataset: str = Field(min_length=1, max_length=200)
+    metric: MetricSpec = MetricSpec()
+    parameters: Parameters = Parameters()
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default=[0], min_length=1)
+    split: SplitSpec = SplitSpec()
+    refit: bool = False
+
+    @model_validator(mode="after")
+    def _unique_seeds(self) -> SweepSpec:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What validation needs to know about the dataset a spec names."""
+
+    task: str
+    n_classes: int
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    config_index: int
+    config_key: str
+    pack_key: str
+    seed: int
+    params: dict[str, Any]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _depth_ok(layers: int, width: int | list[int]) -> bool:
+    return not isinstance(width, list) or len(width) == layers
+
+
+def count_trials(spec: SweepSpec) -> int:
+    """How many trials ``expand`` makes, without expanding (grids can be huge)."""
+    p = spec.parameters
+    arch = sum(1 for layers in p.layers for w in p.hidden_units if _depth_ok(layers, w))
+    rest = 1
+    for axis in AXES[2:]:
+        rest *= len(getattr(p, axis))
+    return arch * rest * len(spec.seeds)
+
+
+def validate_spec(spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int) -> int:
+    """Check what depends on the dataset and the limits; return the trial count."""
+    errors: list[dict[str, Any]] = []
+    p = spec.parameters
+    if facts.task == "regression" and spec.metric.name in CLASSIFICATION_METRICS:
+        errors.append(
+            {"loc": ("metric", "name"), "msg": f"{spec.metric.name} needs a classification dataset; "
+             f"{spec.dataset!r} is a regression dataset (use val_loss)"}
+        )
+    for i, loss in enumerate(p.loss):
+        try:
+            resolve_loss(loss, facts.task, facts.n_classes)
+        except ValueError as exc:
+            errors.append({"loc": ("parameters", "loss", i), "msg": str(exc)})
+    for i, w in enumerate(p.hidden_units):
+        if isinstance(w, list) and len(w) not in p.layers:
+            errors.append(
+                {"loc": ("parameters", "hidden_units", i),
+                 "msg": f"{w} has {len(w)} widths but layers takes only {p.layers}"}
+            )
+    for i, e in enumerate(p.epochs):
+        if e > max_epochs:
+            errors.append(
+                {"loc": ("parameters", "epochs", i), "msg": f"{e} epochs is over the limit of {max_epochs}"}
+            )
+    n = count_trials(spec)
+    if n > max_trials:
+        errors.append(
+            {"loc": ("parameters",),
+             "msg": f"the grid makes {n} trials ({n // len(spec.seeds)} configs x {len(spec.seeds)} seeds), "
+             f"over the limit of {max_trials}"}
+        )
+    if errors:
+        raise SpecError(errors)
+    return n
+
+
+def expand(spec: SweepSpec, facts: DataFacts) -> Iterator[TrialRow]:
+    """Every (config, seed) of the grid in a fixed order; ``loss`` resolved for the task."""
+    p = spec.parameters
+    axes = [getattr(p, a) for a in AXES]
+    index = 0
+    for combo in itertools.product(*axes):
+        params = dict(zip(AXES, combo, strict=True))
+        if not _depth_ok(params["layers"], params["hidden_units"]):
+            continue
+        params["loss"] = resolve_loss(params["loss"], facts.task, facts.n_classes)
+        config_key = _digest(params)
+        # Trials that may be trained side by side: same data, batches, epochs, optimizer, loss.
+        pack_key = _digest(
+            [spec.dataset, spec.split.model_dump(), params["batch_size"], params["epochs"],
+             params["optimizer"], params["loss"]]
+        )
+        for seed in spec.seeds:
+            yield TrialRow(index, config_key, pack_key, seed, params)
+        index += 1

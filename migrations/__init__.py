@@ -1,0 +1,1 @@
+"""Alembic migrations for gridsweep (one lineage for SQLite and PostgreSQL)."""

@@ -1,0 +1,82 @@
+"""The worker's HTTP client for the API. Retries through outages with backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("gridsweep.worker")
+
+RETRY_STATUS = (502, 503, 504)
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status_code: int, detail: Any) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"HTTP {status_code}: {detail}")
+
+
+class ApiClient:
+    """Thin JSON client. Connection errors and 502/503/504 are retried until ``retry_for`` runs out."""
+
+    def __init__(self, server: str, token: str | None = None, timeout: float = 30.0,
+                 retry_for: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
+        self.retry_for = retry_for
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, json: Any = None, params: Any = None,
+                retry_for: float | None = None) -> Any:
+        deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
+        delay = 0.2
+        while True:
+            try:
+                r = self._http.request(method, path, json=json, params=params)
+                if r.status_code not in RETRY_STATUS:
+                    if r.status_code >= 400:
+                        try:
+                            detail = r.json().get("detail")
+                        except ValueError:
+                            detail = r.text
+                        raise ApiError(r.status_code, detail)
+                    return r.json() if r.content else None
+                problem = f"HTTP {r.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            if time.monotonic() + delay > deadline:
+                raise ApiError(503, f"API unreachable: {problem}")
+            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay * (0.5 + random.random()))  # jitter: workers do not retry in lockstep
+            delay = min(delay * 2, 5.0)
+
+    # --- the worker protocol ---------------------------------------------------------
+
+    def register(self, name: str, hostname: str, device: str) -> dict[str, Any]:
+        return self.request("POST", "/api/v1/workers", {"name": name, "hostname": hostname, "device": device})
+
+    def claim(self, worker_id: str, max_trials: int) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/workers/{worker_id}/claim", {"max_trials": max_trials})
+
+    def heartbeat(self, worker_id: str, leases: list[dict[str, Any]]) -> dict[int, str]:
+        r = self.request("POST", f"/api/v1/workers/{worker_id}/heartbeat", {"leases": leases}, retry_for=5.0)
+        return {int(k): v for k, v in r["states"].items()}
+
+    def report_epochs(self, worker_id: str, reports: list[dict[str, Any]]) -> dict[int, str]:
+        r = self.request("POST", f"/api/v1/workers/{worker_id}/epochs", {"reports": reports})
+        return {int(k): v for k, v in r["states"].items()}
+
+    def complete(self, worker_id: str, outcomes: list[dict[str, Any]]) -> dict[int, str]:
+        r = self.request("POST", f"/api/v1/workers/{worker_id}/complete", {"outcomes": outcomes})
+        return {int(k): v for k, v in r["states"].items()}
+
+    def release(self, worker_id: str, leases: list[dict[str, Any]]) -> dict[int, str]:
+        r = self.request("POST", f"/api/v1/workers/{worker_id}/release", {"leases": leases}, retry_for=10.0)
+        return {int(k): v for k, v in r["states"].items()}
