@@ -22,8 +22,13 @@ TERMINAL = ("succeeded", "failed", "canceled")
 server_option = click.option(
     "--server", envvar="GRIDSWEEP_SERVER", default=DEFAULT_SERVER, show_default=True, help="API URL."
 )
-db_option = click.option("--db", "db", envvar="GRIDSWEEP_DATABASE_URL", default=None,
-                         help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).")
+db_option = click.option(
+    "--db",
+    "db",
+    envvar="GRIDSWEEP_DATABASE_URL",
+    default=None,
+    help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).",
+)
 
 
 class Unreachable(click.ClickException):
@@ -45,7 +50,9 @@ def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
         return client.request(method, path, **kw)
     except ApiError as exc:
         if exc.status_code == 422:
-            raise out.SpecFileError("the server rejected the spec:\n" + out.format_api_errors(exc.detail)) from exc
+            raise out.SpecFileError(
+                "the server rejected the spec:\n" + out.format_api_errors(exc.detail)
+            ) from exc
         if exc.status_code == 503:
             raise Unreachable(str(exc.detail)) from exc
         raise click.ClickException(f"{method} {path}: {exc}") from exc
@@ -55,8 +62,10 @@ def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool) -> None:
     """gridsweep: hyperparameter grid search for PyTorch MLPs."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
 
 
@@ -97,18 +106,31 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool) -> None:
 @server_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--name", default=None, help="Worker name (default: host-pid).")
-@click.option("--pack-size", default=1, show_default=True, type=click.IntRange(1, 1024),
-              help="Trials claimed and trained at once.")
+@click.option(
+    "--pack-size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Trials claimed and trained at once.",
+)
 @click.option("--threads", default=None, type=int, help="torch CPU threads.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
-def worker(server: str, device: str, name: str | None, pack_size: int, threads: int | None,
-           exit_when_idle: bool) -> None:
+def worker(
+    server: str, device: str, name: str | None, pack_size: int, threads: int | None, exit_when_idle: bool
+) -> None:
     """Claim trials from the API and train them."""
     from worker.loop import Worker
 
     try:
-        w = Worker(server, device=device, name=name, token=os.environ.get("GRIDSWEEP_TOKEN"),
-                   pack_size=pack_size, threads=threads, exit_when=(lambda: True) if exit_when_idle else None)
+        w = Worker(
+            server,
+            device=device,
+            name=name,
+            token=os.environ.get("GRIDSWEEP_TOKEN"),
+            pack_size=pack_size,
+            threads=threads,
+            exit_when=(lambda: True) if exit_when_idle else None,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     w.install_signal_handlers()
@@ -129,15 +151,21 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
     """API + N local workers in one command (Ctrl-C stops them all)."""
     settings = settings_for(db)
     url = f"http://{host}:{port}"
-    server = spawn(gridsweep_cmd("serve", "--host", host, "--port", str(port)),
-                   env={"GRIDSWEEP_DATABASE_URL": settings.database_url})
+    server = spawn(
+        gridsweep_cmd("serve", "--host", host, "--port", str(port)),
+        env={"GRIDSWEEP_DATABASE_URL": settings.database_url},
+    )
     procs = [server]
     try:
         wait_healthy(url, timeout=60, proc=server)
         threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
         for _ in range(workers):
-            procs.append(spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads)))
-        click.echo(f"gridsweep up: API at {url}, {workers} worker(s), store {settings.database_url}", err=True)
+            procs.append(
+                spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads))
+            )
+        click.echo(
+            f"gridsweep up: API at {url}, {workers} worker(s), store {settings.database_url}", err=True
+        )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -200,8 +228,9 @@ def wait_for(client: ApiClient, sweep_id: int, poll: float) -> dict[str, Any]:
 @click.option("--pack-size", default=1, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--top", default=10, show_default=True, help="Configs in the leaderboard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(spec_file: str, db: str | None, workers: int, device: str, pack_size: int, top: int,
-        as_json: bool) -> None:
+def run(
+    spec_file: str, db: str | None, workers: int, device: str, pack_size: int, top: int, as_json: bool
+) -> None:
     """Run one sweep to the end locally (no separate server) and print the leaderboard."""
     from app.migrate import upgrade
     from worker.loop import Worker
@@ -220,8 +249,19 @@ def run(spec_file: str, db: str | None, workers: int, device: str, pack_size: in
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         helpers = [
-            spawn(gridsweep_cmd("worker", "--server", srv.url, "--device", device, "--pack-size",
-                                str(pack_size), "--threads", str(threads)))
+            spawn(
+                gridsweep_cmd(
+                    "worker",
+                    "--server",
+                    srv.url,
+                    "--device",
+                    device,
+                    "--pack-size",
+                    str(pack_size),
+                    "--threads",
+                    str(threads),
+                )
+            )
             for _ in range(workers - 1)
         ]
         try:

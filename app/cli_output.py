@@ -64,8 +64,12 @@ def leaderboard_table(sweep: dict[str, Any], board: list[dict[str, Any]]) -> str
     metric = sweep["metric"]["name"]
     head = ["rank", *axes, f"{metric} (mean ± std)", "seeds"]
     rows = [
-        [str(e["rank"]), *(fmt(e["params"].get(a)) for a in axes),
-         f"{e['mean']:.4f} ± {e['std']:.4f}", str(e["n_seeds"])]
+        [
+            str(e["rank"]),
+            *(fmt(e["params"].get(a)) for a in axes),
+            f"{e['mean']:.4f} ± {e['std']:.4f}",
+            str(e["n_seeds"]),
+        ]
         for e in board
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]

@@ -45,8 +45,12 @@ class BestRead(BaseModel):
     params: dict[str, Any]
     metric: MetricRead
     n_seeds: int
-    validation: dict[str, Any] = Field(description="mean and std over seeds of the sweep's metric, and each seed")
-    test: dict[str, float] | None = Field(description="held-out test metrics of the best config (mean over seeds)")
+    validation: dict[str, Any] = Field(
+        description="mean and std over seeds of the sweep's metric, and each seed"
+    )
+    test: dict[str, float] | None = Field(
+        description="held-out test metrics of the best config (mean over seeds)"
+    )
     test_per_seed: list[SeedResult] = []
 
 

@@ -188,8 +188,11 @@ def validate_spec(spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs
     p = spec.parameters
     if facts.task == "regression" and spec.metric.name in CLASSIFICATION_METRICS:
         errors.append(
-            {"loc": ("metric", "name"), "msg": f"{spec.metric.name} needs a classification dataset; "
-             f"{spec.dataset!r} is a regression dataset (use val_loss)"}
+            {
+                "loc": ("metric", "name"),
+                "msg": f"{spec.metric.name} needs a classification dataset; "
+                f"{spec.dataset!r} is a regression dataset (use val_loss)",
+            }
         )
     for i, loss in enumerate(p.loss):
         try:
@@ -199,8 +202,10 @@ def validate_spec(spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs
     for i, w in enumerate(p.hidden_units):
         if isinstance(w, list) and len(w) not in p.layers:
             errors.append(
-                {"loc": ("parameters", "hidden_units", i),
-                 "msg": f"{w} has {len(w)} widths but layers takes only {p.layers}"}
+                {
+                    "loc": ("parameters", "hidden_units", i),
+                    "msg": f"{w} has {len(w)} widths but layers takes only {p.layers}",
+                }
             )
     for i, e in enumerate(p.epochs):
         if e > max_epochs:
@@ -210,9 +215,11 @@ def validate_spec(spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs
     n = count_trials(spec)
     if n > max_trials:
         errors.append(
-            {"loc": ("parameters",),
-             "msg": f"the grid makes {n} trials ({n // len(spec.seeds)} configs x {len(spec.seeds)} seeds), "
-             f"over the limit of {max_trials}"}
+            {
+                "loc": ("parameters",),
+                "msg": f"the grid makes {n} trials ({n // len(spec.seeds)} configs x "
+                f"{len(spec.seeds)} seeds), over the limit of {max_trials}",
+            }
         )
     if errors:
         raise SpecError(errors)
@@ -232,8 +239,14 @@ def expand(spec: SweepSpec, facts: DataFacts) -> Iterator[TrialRow]:
         config_key = _digest(params)
         # Trials that may be trained side by side: same data, batches, epochs, optimizer, loss.
         pack_key = _digest(
-            [spec.dataset, spec.split.model_dump(), params["batch_size"], params["epochs"],
-             params["optimizer"], params["loss"]]
+            [
+                spec.dataset,
+                spec.split.model_dump(),
+                params["batch_size"],
+                params["epochs"],
+                params["optimizer"],
+                params["loss"],
+            ]
         )
         for seed in spec.seeds:
             yield TrialRow(index, config_key, pack_key, seed, params)

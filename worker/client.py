@@ -24,8 +24,9 @@ class ApiError(RuntimeError):
 class ApiClient:
     """Thin JSON client. Connection errors and 502/503/504 are retried until ``retry_for`` runs out."""
 
-    def __init__(self, server: str, token: str | None = None, timeout: float = 30.0,
-                 retry_for: float = 600.0) -> None:
+    def __init__(
+        self, server: str, token: str | None = None, timeout: float = 30.0, retry_for: float = 600.0
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
         self.retry_for = retry_for
@@ -33,8 +34,9 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, json: Any = None, params: Any = None,
-                retry_for: float | None = None) -> Any:
+    def request(
+        self, method: str, path: str, json: Any = None, params: Any = None, retry_for: float | None = None
+    ) -> Any:
         deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
         delay = 0.2
         while True:

@@ -73,9 +73,7 @@ class Dataset:
         return int(self.X.shape[1])
 
 
-def make_dataset(
-    name: str, task: str, X: Any, y: Any, feature_names: Sequence[str] | None = None
-) -> Dataset:
+def make_dataset(name: str, task: str, X: Any, y: Any, feature_names: Sequence[str] | None = None) -> Dataset:
     """Validate raw arrays and wrap them as a ``Dataset`` (used for built-in and uploaded data).
 
     Classification labels may be any sortable values; they are encoded as
@@ -107,7 +105,12 @@ def make_dataset(
     if len(classes) < 2:
         raise ValueError(f"a classification dataset needs at least 2 classes, got {len(classes)}")
     return Dataset(
-        name, task, len(classes), np.ascontiguousarray(X), codes.astype(np.int64).reshape(-1), names,
+        name,
+        task,
+        len(classes),
+        np.ascontiguousarray(X),
+        codes.astype(np.int64).reshape(-1),
+        names,
         [c.item() if hasattr(c, "item") else c for c in classes],
     )
 
@@ -263,9 +266,16 @@ def split_dataset(ds: Dataset, validation: float = 0.2, test: float = 0.2, seed:
             return ds.y[idx].copy()
 
     return SplitData(
-        X_train=fx(train_idx), y_train=fy(train_idx),
-        X_val=fx(val_idx), y_val=fy(val_idx),
-        X_test=fx(test_idx), y_test=fy(test_idx),
-        task=ds.task, n_classes=ds.n_classes,
-        x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std,
+        X_train=fx(train_idx),
+        y_train=fy(train_idx),
+        X_val=fx(val_idx),
+        y_val=fy(val_idx),
+        X_test=fx(test_idx),
+        y_test=fy(test_idx),
+        task=ds.task,
+        n_classes=ds.n_classes,
+        x_mean=x_mean,
+        x_std=x_std,
+        y_mean=y_mean,
+        y_std=y_std,
     )

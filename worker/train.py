@@ -131,10 +131,15 @@ def to_tensors(
         return torch.as_tensor(a, dtype=dtype).reshape(-1, 1).to(device)
 
     return TensorSplit(
-        X_train=xs(split.X_train), y_train=ys(split.y_train),
-        X_val=xs(split.X_val), y_val=ys(split.y_val),
-        X_test=xs(split.X_test), y_test=ys(split.y_test),
-        task=split.task, n_classes=split.n_classes, n_features=split.n_features,
+        X_train=xs(split.X_train),
+        y_train=ys(split.y_train),
+        X_val=xs(split.X_val),
+        y_val=ys(split.y_val),
+        X_test=xs(split.X_test),
+        y_test=ys(split.y_test),
+        task=split.task,
+        n_classes=split.n_classes,
+        n_features=split.n_features,
         split_seed=int(split_seed),
     )
 
@@ -209,8 +214,10 @@ def build_model(
 ) -> nn.Module:
     """The trial's MLP (an ``nn.Sequential``), initialized from ``cfg.seed`` as the module docstring says."""
     if len(cfg.hidden_units) != cfg.layers:
-        raise ValueError(f"hidden_units {list(cfg.hidden_units)} has {len(cfg.hidden_units)} widths "
-                         f"for {cfg.layers} layers")
+        raise ValueError(
+            f"hidden_units {list(cfg.hidden_units)} has {len(cfg.hidden_units)} widths "
+            f"for {cfg.layers} layers"
+        )
     device = torch.device(device)
     drop_gen = torch.Generator(device=device).manual_seed(cfg.seed + DROPOUT_SEED_OFFSET)
     # Init comes from the trial's own CPU generator, in float64, then is cast once to
@@ -347,9 +354,14 @@ def train_trial(
     epochs: list[EpochMetrics] = []
 
     def done(status: str, error: str | None = None, keep_model: bool = True) -> TrialResult:
-        return TrialResult(status=status, epochs=epochs, metrics=_final_metrics(epochs[-1]) if epochs else {},
-                           error=error, duration_seconds=time.perf_counter() - t0,
-                           model=model if keep_model else None)
+        return TrialResult(
+            status=status,
+            epochs=epochs,
+            metrics=_final_metrics(epochs[-1]) if epochs else {},
+            error=error,
+            duration_seconds=time.perf_counter() - t0,
+            model=model if keep_model else None,
+        )
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()

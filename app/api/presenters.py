@@ -41,11 +41,14 @@ def best_read(session: Session, sweep: Sweep) -> BestRead | None:
             "std": best.std,
             "metrics_mean": means,
             "per_seed": [
-                {"seed": t.seed, "trial_id": t.id, "metrics": _metrics(t, METRIC_COLUMNS)} for t in best.trials
+                {"seed": t.seed, "trial_id": t.id, "metrics": _metrics(t, METRIC_COLUMNS)}
+                for t in best.trials
             ],
         },
         test=sweep.test_metrics or None,
-        test_per_seed=[SeedResult(seed=t.seed, trial_id=t.id, metrics=_metrics(t, TEST_COLUMNS)) for t in finals],
+        test_per_seed=[
+            SeedResult(seed=t.seed, trial_id=t.id, metrics=_metrics(t, TEST_COLUMNS)) for t in finals
+        ],
     )
 
 

@@ -78,8 +78,13 @@ def get_leaderboard(
     ranked = sweep_service.leaderboard(session, _sweep_or_404(session, sweep_id), limit=limit)
     return [
         LeaderboardEntry(
-            rank=i + 1, config_index=r.config_index, params=r.params, mean=r.mean, std=r.std,
-            n_seeds=r.n_seeds, trial_ids=[t.id for t in r.trials],
+            rank=i + 1,
+            config_index=r.config_index,
+            params=r.params,
+            mean=r.mean,
+            std=r.std,
+            n_seeds=r.n_seeds,
+            trial_ids=[t.id for t in r.trials],
         )
         for i, r in enumerate(ranked)
     ]

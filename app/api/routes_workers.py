@@ -72,7 +72,9 @@ def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: Set
     """Claim up to ``max_trials`` compatible queued trials under one lease."""
     worker = _worker_or_404(session, worker_id)
     trials = trial_service.claim(session, worker, body.max_trials, settings.lease_seconds)
-    sweeps = {s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))}
+    sweeps = {
+        s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))
+    }
     return ClaimResponse(
         trials=[
             ClaimedTrial(

@@ -8,8 +8,18 @@ from sqlalchemy.orm import Session
 from app.models import Trial, TrialEpoch
 
 SORTABLE = (
-    "id", "config_index", "seed", "status", "epochs_done", "duration_seconds", "train_loss",
-    "val_loss", "val_error", "val_accuracy", "created_at", "finished_at",
+    "id",
+    "config_index",
+    "seed",
+    "status",
+    "epochs_done",
+    "duration_seconds",
+    "train_loss",
+    "val_loss",
+    "val_error",
+    "val_accuracy",
+    "created_at",
+    "finished_at",
 )
 
 

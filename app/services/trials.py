@@ -111,9 +111,7 @@ def _held(session: Session, leases: list[Lease]) -> dict[int, Trial]:
         return {}
     tokens = {lease.trial_id: lease.lease_token for lease in leases}
     rows = session.scalars(
-        select(Trial)
-        .where(Trial.id.in_(tokens), Trial.status == TrialStatus.running)
-        .with_for_update()
+        select(Trial).where(Trial.id.in_(tokens), Trial.status == TrialStatus.running).with_for_update()
     ).all()
     return {t.id: t for t in rows if t.lease_token is not None and t.lease_token == tokens[t.id]}
 
@@ -190,7 +188,13 @@ def report_epochs(
 
 
 FINAL_COLUMNS = (
-    "train_loss", "val_loss", "val_error", "val_accuracy", "test_loss", "test_error", "test_accuracy",
+    "train_loss",
+    "val_loss",
+    "val_error",
+    "val_accuracy",
+    "test_loss",
+    "test_error",
+    "test_accuracy",
 )
 OUTCOMES = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
 
@@ -269,8 +273,11 @@ def reap_expired(session: Session) -> int:
 
 def count_online_workers(session: Session, within_seconds: float) -> int:
     now = db_now(session)
-    return session.scalar(
-        select(func.count())
-        .select_from(Worker)
-        .where(Worker.last_heartbeat_at >= now - timedelta(seconds=within_seconds))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Worker)
+            .where(Worker.last_heartbeat_at >= now - timedelta(seconds=within_seconds))
+        )
+        or 0
+    )
