@@ -317,5 +317,12 @@ def best(sweep_id: int, server: str, as_json: bool) -> None:
         click.echo(out.best_text(result))
 
 
+
+# Datasets, models, predict, rerun (app/cli_data.py).
+from app.cli_data import register as _register_data  # noqa: E402
+
+_register_data(main)
+
+
 if __name__ == "__main__":
     main()

@@ -74,7 +74,9 @@ def test_each_rejection_names_column_and_row_and_stores_nothing(client: TestClie
     [(loc, msg)] = errors(upload(client, csv_bytes(bad), target="label", categorical=["color"]))
     assert loc == ["body", "target"] and "'label'" in msg and "row 10" in msg
     # A regression target that is text, with the row.
-    [(loc, msg)] = errors(upload(client, csv_bytes(df), target="label", task="regression", categorical=["color"]))
+    [(loc, msg)] = errors(
+        upload(client, csv_bytes(df), target="label", task="regression", categorical=["color"])
+    )
     assert loc == ["body", "target"] and "not numeric" in msg and "row 1" in msg
     # Too few rows for the split.
     [(loc, msg)] = errors(upload(client, csv_bytes(df.head(2)), target="label", categorical=["color"]))
@@ -118,7 +120,11 @@ def test_csv_classification_with_one_hot_and_dedup_by_hash(client: TestClient) -
     assert r.status_code == 201, r.text
     ds = r.json()
     assert ds["name"] == "my-data" and ds["created"] is True and ds["format"] == "csv"
-    assert ds["task"] == "classification" and ds["task_source"] == "inferred" and "not numeric" in ds["task_reason"]
+    assert (
+        ds["task"] == "classification"
+        and ds["task_source"] == "inferred"
+        and "not numeric" in ds["task_reason"]
+    )
     assert ds["classes"] == ["no", "yes"] and ds["n_rows"] == 40 and ds["n_features"] == 2 + 3
     detail = client.get(f"/api/v1/datasets/{ds['id']}").json()
     assert detail["feature_names"] == ["x1", "x2", "color=blue", "color=green", "color=red"]
@@ -135,8 +141,13 @@ def test_csv_classification_with_one_hot_and_dedup_by_hash(client: TestClient) -
     r = upload(client, raw, target="x1", categorical=["color"])
     assert r.status_code == 409 and f"dataset {ds['id']}" in r.json()["detail"]
     # Other bytes under a taken name: 409.
-    r = upload(client, csv_bytes(frame(seed=1).drop(columns=["value"])), "my-data.csv", target="label",
-               categorical=["color"])
+    r = upload(
+        client,
+        csv_bytes(frame(seed=1).drop(columns=["value"])),
+        "my-data.csv",
+        target="label",
+        categorical=["color"],
+    )
     assert r.status_code == 409 and "taken" in r.json()["detail"]
     assert client.get("/api/v1/datasets").json()["total"] == 1
 
@@ -172,8 +183,14 @@ def test_parquet_regression_inference_and_drop_missing(client: TestClient) -> No
 
 
 def test_sweep_names_dataset_by_id_or_name_and_delete_waits_for_it(client: TestClient) -> None:
-    ds = upload(client, csv_bytes(frame().drop(columns=["value"])), target="label", categorical=["color"]).json()
-    spec = {"name": "s", "parameters": {"epochs": 1, "hidden_units": 4}, "split": {"validation": 0.25, "test": 0.25}}
+    ds = upload(
+        client, csv_bytes(frame().drop(columns=["value"])), target="label", categorical=["color"]
+    ).json()
+    spec = {
+        "name": "s",
+        "parameters": {"epochs": 1, "hidden_units": 4},
+        "split": {"validation": 0.25, "test": 0.25},
+    }
     by_id = client.post("/api/v1/sweeps", json={**spec, "dataset": ds["id"]})
     assert by_id.status_code == 201, by_id.text
     sweep = client.get(f"/api/v1/sweeps/{by_id.json()['id']}").json()
@@ -181,7 +198,9 @@ def test_sweep_names_dataset_by_id_or_name_and_delete_waits_for_it(client: TestC
     # A metric that does not fit, a split that leaves too few rows, an unknown dataset: 422 at the field.
     r = client.post("/api/v1/sweeps", json={**spec, "dataset": "nope"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "dataset"]
-    r = client.post("/api/v1/sweeps", json={**spec, "dataset": ds["name"], "split": {"validation": 0.01, "test": 0.5}})
+    r = client.post(
+        "/api/v1/sweeps", json={**spec, "dataset": ds["name"], "split": {"validation": 0.01, "test": 0.5}}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "split"]
     assert "validation 0" in r.json()["detail"][0]["msg"]
 

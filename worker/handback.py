@@ -21,8 +21,8 @@ def versions() -> dict[str, Any]:
 
     return {
         "gridsweep": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion: plain str for JSON and weights_only loads
+        "numpy": str(np.__version__),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,13 +182,25 @@ class LoadedModel:
         return [self.classes[i] for i in idx.tolist()]
 
 
+def _is_torchscript(data: bytes) -> bool:
+    """TorchScript archives are zip files with ``constants.pkl`` (torch.save files have none)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
 def load_model(path: str | Path | bytes) -> LoadedModel:
     """Load a model file downloaded from ``GET /api/v1/sweeps/{id}/model`` (either format)."""
     data = path if isinstance(path, bytes) else Path(path).read_bytes()
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # not a torch.save file: try TorchScript below
-        obj = None
+    load_error: Exception | None = None
+    obj = None
+    if not _is_torchscript(data):
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch.save file either: TorchScript will say why below
+            load_error = exc
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
             raise ValueError(f"model file version {obj.get('version')} (this gridsweep reads {VERSION})")
@@ -200,7 +213,9 @@ def load_model(path: str | Path | bytes) -> LoadedModel:
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except Exception as exc:
-        raise ValueError(f"not a gridsweep model file: {exc}") from exc
+        raise ValueError(
+            f"not a gridsweep model file (torch.load: {load_error}; torch.jit.load: {exc})"
+        ) from exc
     if not extra[EXTRA_FILE]:
         raise ValueError(f"a TorchScript file without {EXTRA_FILE}: not a gridsweep model")
     return LoadedModel(scripted.eval(), json.loads(extra[EXTRA_FILE]))
