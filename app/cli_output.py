@@ -95,7 +95,8 @@ def best_text(best: dict[str, Any] | None) -> str:
     else:
         lines.append("  held-out test: not evaluated yet")
     if best.get("refit_test"):  # spec.refit: retrained on train + validation
-        lines += [f"  refit (train+validation) held-out {k}: {val:.4f}" for k, val in best["refit_test"].items()]
+        refit = best["refit_test"].items()
+        lines += [f"  refit (train+validation) held-out {k}: {val:.4f}" for k, val in refit]
     return "\n".join(lines)
 
 

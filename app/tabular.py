@@ -183,6 +183,17 @@ def _labels(y: pd.Series) -> np.ndarray:
     return y.astype(str).to_numpy()
 
 
+def category_text(s: pd.Series) -> np.ndarray:
+    """A categorical column's values as text; whole numbers without ".0", so a column read as
+    float (because another row was empty) names its categories as one read as int does."""
+    if _is_numeric(s) and not pd.api.types.is_bool_dtype(s):
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.array(
+            [str(int(x)) if np.isfinite(x) and x == int(x) else repr(float(x)) for x in v], dtype=object
+        )
+    return s.astype(str).to_numpy(dtype=object)
+
+
 def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
@@ -306,7 +317,7 @@ def prepare_table(
 
     # 4. Encode: numeric columns as they are, categorical ones one-hot.
     encoding = Encoding(
-        columns=features, categorical={c: sorted({str(v) for v in df[c]}) for c in features if c in cats}
+        columns=features, categorical={c: sorted(set(category_text(df[c]))) for c in features if c in cats}
     )
     X = encode_frame(df, encoding)
     columns: list[dict[str, Any]] = []
@@ -336,7 +347,7 @@ def encode_frame(df: pd.DataFrame, encoding: Encoding) -> np.ndarray:
             if (msg := _missing_msg(c, values, numeric=False)) is not None:
                 errors.append({"loc": ("file", c), "msg": msg})
                 continue
-            text = s.astype(str).to_numpy()
+            text = category_text(s)
             unknown = ~np.isin(text, cats)
             if unknown.any():
                 row, k = _rows(unknown)

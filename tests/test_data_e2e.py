@@ -81,6 +81,8 @@ def test_uploaded_csv_sweep_models_and_rerun(
     csv = tmp_path / "blobs.csv"
     make_csv(csv)
 
+    bad = cli("dataset", "upload", str(csv), "--target", "label", "--server", srv.url)
+    assert bad.exit_code == 2 and "column 'color' is not numeric" in bad.output
     r = cli("dataset", "upload", str(csv), "--target", "label", "--categorical", "color", "--server", srv.url)
     assert r.exit_code == 0, r.output
     ds_id = int(r.stdout.strip())
@@ -181,6 +183,10 @@ def test_uploaded_csv_sweep_models_and_rerun(
     acc = float((pred["prediction"].to_numpy()[idx] == pred["label"].to_numpy()[idx]).mean())
     assert acc == pytest.approx(final0["test_accuracy"], abs=1e-6)
     assert np.allclose(pred["p_neg"] + pred["p_pos"], 1.0)
+    no_color = tmp_path / "no-color.csv"
+    pd.read_csv(csv).drop(columns=["color"]).to_csv(no_color, index=False)
+    r = cli("predict", str(tmp_path / "best-torchscript.pt"), str(no_color))
+    assert r.exit_code == 2 and "['color']" in r.output
     r = http.get(f"/api/v1/sweeps/{sid}/model", params={"kind": "refit", "format": "nope"})
     assert r.status_code == 422
 
