@@ -67,7 +67,9 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     ).first()
     if head is None:
         return []
-    ids = (
+    # Select the ids first: as a subquery of the UPDATE, PostgreSQL may re-run the LIMIT ... SKIP
+    # LOCKED select per row and claim more than max_trials.
+    ids = session.scalars(
         select(Trial.id)
         .where(
             Trial.status == TrialStatus.queued,
@@ -77,8 +79,7 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
         .order_by(*CLAIM_ORDER)
         .limit(max_trials)
         .with_for_update(**lock)
-        .scalar_subquery()
-    )
+    ).all()
     token = secrets.token_hex(16)
     trials = session.scalars(
         update(Trial)
