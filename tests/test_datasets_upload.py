@@ -137,6 +137,8 @@ def test_csv_classification_with_one_hot_and_dedup_by_hash(client: TestClient) -
     # The same bytes again (another file name): the same dataset, 200, nothing new stored.
     again = upload(client, raw, "copy.csv", target="label", categorical=["color"])
     assert again.status_code == 200 and again.json()["id"] == ds["id"] and again.json()["created"] is False
+    same = upload(client, raw, target="label", categorical=["color"], task="classification")
+    assert same.status_code == 200 and same.json()["id"] == ds["id"]
     # ... but not read differently.
     r = upload(client, raw, target="x1", categorical=["color"])
     assert r.status_code == 409 and f"dataset {ds['id']}" in r.json()["detail"]

@@ -135,11 +135,11 @@ def create_dataset(
 
 
 def _same_bytes(existing: Dataset, opts: UploadOptions) -> Dataset:
-    stored = existing.schema.get("options", {})
+    stored = dict(existing.schema.get("options", {}))
     asked = opts.reading()
-    # A re-upload may leave out what it does not care about (task inferred, no name).
-    if opts.task is None:
-        asked["task"] = stored.get("task")
+    # The task may be left out, or named as the one the first upload was given or inferred.
+    if opts.task in (None, existing.task):
+        asked["task"] = stored["task"] = existing.task
     if stored != asked:
         raise DatasetConflict(
             f"these bytes are already stored as dataset {existing.id} ({existing.name!r}) read with "
