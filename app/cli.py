@@ -130,6 +130,7 @@ def worker(
             pack_size=pack_size,
             threads=threads,
             exit_when=(lambda: True) if exit_when_idle else None,
+            cache_dir=get_settings().data_cache_dir,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -265,7 +266,14 @@ def run(
             for _ in range(workers - 1)
         ]
         try:
-            w = Worker(srv.url, device=device, pack_size=pack_size, threads=threads, exit_when=sweep_done)
+            w = Worker(
+                srv.url,
+                device=device,
+                pack_size=pack_size,
+                threads=threads,
+                exit_when=sweep_done,
+                cache_dir=settings.data_cache_dir,
+            )
             w.install_signal_handlers()
             w.run()
         finally:
@@ -307,6 +315,13 @@ def best(sweep_id: int, server: str, as_json: bool) -> None:
         out.echo_json(result)
     else:
         click.echo(out.best_text(result))
+
+
+
+# Datasets, models, predict, rerun (app/cli_data.py).
+from app.cli_data import register as _register_data  # noqa: E402
+
+_register_data(main)
 
 
 if __name__ == "__main__":

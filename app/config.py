@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
+    max_upload_bytes: int = Field(
+        100 * 2**20, description="Largest dataset file (or model) one upload may send; larger gets 413."
+    )
+    data_cache_dir: str = Field(
+        "~/.cache/gridsweep/datasets", description="Where a worker caches uploaded datasets by hash."
+    )
 
 
 @lru_cache

@@ -25,7 +25,9 @@ import torch
 from worker.client import ApiClient, ApiError
 from worker.config import TrialConfig
 from worker.data import DataCache
+from worker.handback import model_files, upload_model, versions
 from worker.train import EpochMetrics, select_device, train_trial
+from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")
 
@@ -83,6 +85,7 @@ class Worker:
         poll_seconds: float = 1.0,
         threads: int | None = None,
         exit_when: Callable[[], bool] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         self.client = ApiClient(server, token=token)
         self.hb_client = ApiClient(server, token=token)  # its own connection: used from another thread
@@ -92,7 +95,8 @@ class Worker:
         self.pack_size = pack_size
         self.poll_seconds = poll_seconds
         self.exit_when = exit_when
-        self.data = DataCache(self.device)
+        self.uploads = UploadedDatasets(self.client, cache_dir)
+        self.data = DataCache(self.device, fetch=self.uploads.get)
         self.held = Held()
         self.stopping = threading.Event()
         self.heartbeat_seconds = 10.0
@@ -195,13 +199,24 @@ class Worker:
                 raise Abandon
             return tid in self.held.cancel
 
-        outcome: dict[str, Any] = {**ref, "device": self.device_name}
+        outcome: dict[str, Any] = {**ref, "device": self.device_name, "split": c["split"]}
+        outcome["versions"] = versions()
         try:
-            data = self.data.get(c["dataset"], c["split"])
+            source = (c["dataset"], c["split"], c.get("dataset_id"), c.get("data_hash"))
+            data = self.data.get(*source)
+            info = self.data.info(*source)
+            outcome["data_hash"] = info.data_hash
             cfg = TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes)
             result = train_trial(
                 cfg, data, on_epoch=on_epoch, evaluate_test=c["evaluate_test"], train_on_validation=c["refit"]
             )
+            if c.get("upload_model") and result.status == "succeeded" and result.model is not None:
+                try:  # before `complete`, while the lease still fences the write
+                    upload_model(self.client, self.worker_id, c, model_files(c, cfg, data, info, result))
+                except ApiError as exc:
+                    if exc.status_code == 409:
+                        raise TrialLost from exc
+                    raise
             outcome.update(
                 status=result.status,
                 metrics=_finite({**result.metrics, **(result.test_metrics or {})}),

@@ -74,9 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"}
         )
 
-    from app.api import routes_health, routes_sweeps, routes_workers
+    from app.api import routes_datasets, routes_health, routes_models, routes_sweeps, routes_workers
 
     app.include_router(routes_health.router)
     app.include_router(routes_sweeps.router)
     app.include_router(routes_workers.router)
+    app.include_router(routes_datasets.router)
+    app.include_router(routes_models.router)
     return app

@@ -96,7 +96,7 @@ def get_trials(
     session: ReadSessionDep,
     settings: SettingsDep,
     status_: Annotated[list[TrialStatus] | None, Query(alias="status")] = None,
-    role: Literal["search", "final"] = "search",
+    role: Literal["search", "final", "refit", "rerun"] = "search",
     sort: Annotated[str, Query(pattern="^(" + "|".join(SORTABLE) + "|metric)$")] = "id",
     order: Literal["asc", "desc"] = "asc",
     limit: Limit = 50,
