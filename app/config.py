@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///gridsweep.db"
@@ -21,6 +22,14 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
+    log_level: str = Field("INFO", description="Log level of the API, workers and CLI (DEBUG, INFO, ...).")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as `json` or `text`; `auto`: JSON unless stderr is a terminal."
+    )
+    server: str = Field(
+        "http://127.0.0.1:8000", description="API URL the CLI and workers talk to (`--server`)."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token the CLI and workers send (a secret).")
 
 
 @lru_cache

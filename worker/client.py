@@ -35,13 +35,19 @@ class ApiClient:
         self._http.close()
 
     def request(
-        self, method: str, path: str, json: Any = None, params: Any = None, retry_for: float | None = None
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Any = None,
+        retry_for: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
         delay = 0.2
         while True:
             try:
-                r = self._http.request(method, path, json=json, params=params)
+                r = self._http.request(method, path, json=json, params=params, headers=headers)
                 if r.status_code not in RETRY_STATUS:
                     if r.status_code >= 400:
                         try:
