@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///gridsweep.db"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
@@ -22,7 +23,9 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
-    log_level: str = Field("INFO", description="Log level of the API, workers and CLI (DEBUG, INFO, ...).")
+    log_level: Annotated[LogLevel, BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = Field(
+        "INFO", description="Log level of the API, workers and CLI (any case)."
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines as `json` or `text`; `auto`: JSON unless stderr is a terminal."
     )

@@ -92,3 +92,18 @@ def settings_table() -> str:
 
 def readme_block() -> str:
     return f"{TABLE_START}\n{settings_table()}\n{TABLE_END}"
+
+
+def rewrite_readme(path: str) -> None:
+    """Replace the table between the markers in ``path`` (``python -m app.settings_doc README.md``)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + readme_block() + text[end:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    rewrite_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")

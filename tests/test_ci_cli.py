@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     d = tmp_path_factory.mktemp("ci")
     db = f"sqlite:///{d / 'gridsweep.db'}"
     upgrade(db)
-    server = Server(db, d / "server.log", lease_seconds="5", heartbeat_seconds="1")
+    server = Server(db, d / "server.log", lease_seconds="10", heartbeat_seconds="2")
     with open(d / "worker.log", "wb") as log:
         worker = subprocess.Popen(
             [
@@ -226,6 +227,29 @@ def test_timeout_exit_4(live: Live, tmp_path: Path) -> None:
             httpx.post(f"{live.url}/api/v1/sweeps/{sid}/cancel")
 
 
+def test_canceled_sweep_exit_1(live: Live, tmp_path: Path) -> None:
+    """The sweep is canceled (by someone else) while the step waits: the step fails."""
+    spec = tmp_path / "cancel.yaml"
+    name = f"cancel-me-{time.time_ns()}"
+    spec.write_text(f"name: {name}\ndataset: moons\nparameters: {{epochs: 5000, batch_size: 8}}\n")
+
+    def cancel_when_submitted() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for s in httpx.get(f"{live.url}/api/v1/sweeps").json()["items"]:
+                if s["name"] == name:
+                    httpx.post(f"{live.url}/api/v1/sweeps/{s['id']}/cancel")
+                    return
+            time.sleep(0.1)
+
+    canceller = threading.Thread(target=cancel_when_submitted)
+    canceller.start()
+    r = submit_in_process(str(spec), "--server", live.url, "--wait", "--poll", "0.2", "--timeout", "120")
+    canceller.join()
+    assert r.exit_code == 1, r.stderr
+    assert "canceled" in r.stderr.splitlines()[-1]
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="needs Idempotency-Key support on POST /api/v1/sweeps (the auth/limits branch); "
@@ -267,10 +291,12 @@ def _all_done(url: str) -> list[dict]:
     deadline = time.monotonic() + 120
     while True:
         sweeps = httpx.get(f"{url}/api/v1/sweeps", params={"limit": 500}).json()["items"]
-        if (
-            all(s["status"] in ("succeeded", "failed", "canceled") for s in sweeps)
-            or time.monotonic() > deadline
-        ):
+        settled = all(
+            s["status"] in ("succeeded", "failed", "canceled")
+            and not (s["counts"]["running"] or s["counts"]["queued"])
+            for s in sweeps
+        )
+        if settled or time.monotonic() > deadline:
             return sweeps
         time.sleep(0.3)
 

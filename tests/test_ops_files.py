@@ -148,7 +148,7 @@ def test_example_workflow_is_a_valid_github_workflow() -> None:
 
 def test_readme_settings_table_is_generated_from_settings() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert readme_block() in readme, "README's table drifted: paste `gridsweep config --markdown` into it"
+    assert readme_block() in readme, "the README's table drifted: `python -m app.settings_doc README.md`"
     assert CliRunner().invoke(config, ["--markdown"]).stdout.strip() == readme_block()
 
 
