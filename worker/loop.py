@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from app import logs
 from worker.client import ApiClient, ApiError
 from worker.config import TrialConfig
 from worker.data import DataCache
@@ -120,6 +121,7 @@ class Worker:
         """Claim and train until stopped (or until ``exit_when`` says so while idle)."""
         info = self.client.register(self.name, socket.gethostname(), self.device_name)
         self.worker_id = info["id"]
+        logs.set_fields(worker_id=self.worker_id)  # on this thread's log lines (and the heartbeat's)
         self.heartbeat_seconds = float(info.get("heartbeat_seconds") or self.heartbeat_seconds)
         log.info("worker %s registered as %s on %s", self.name, self.worker_id, self.device_name)
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -138,6 +140,7 @@ class Worker:
                     continue
                 idle = 0.0
                 done += self.run_claimed(claimed)
+                logs.set_fields(sweep_id=None, trial_id=None)
         finally:
             self._release_all()
             self.stopping.set()
@@ -147,6 +150,7 @@ class Worker:
         return done
 
     def _heartbeat_loop(self) -> None:
+        logs.set_fields(worker_id=self.worker_id)
         while not self.stopping.wait(self.heartbeat_seconds):
             refs = self.held.as_refs()
             if not refs:
@@ -188,6 +192,7 @@ class Worker:
 
     def run_one(self, c: dict[str, Any]) -> int:
         tid, token = c["trial_id"], c["lease_token"]
+        logs.set_fields(sweep_id=c["sweep_id"], trial_id=tid)  # on this trial's log lines
         ref = {"trial_id": tid, "lease_token": token}
 
         def on_epoch(m: EpochMetrics) -> bool:

@@ -32,8 +32,8 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-# scope="function": commit BEFORE the response is sent, so a client that got 201 can read the row
-# at once (and a failed commit is a 5xx, not a 201 for a row that was rolled back).
+# scope="function": the transaction commits before the response is sent. The default ("request")
+# commits after it, so a client could read a 201 and not find what it just created.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
