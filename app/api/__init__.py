@@ -79,4 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_sweeps.router)
     app.include_router(routes_workers.router)
+
+    from app.dashboard import mount_dashboard
+
+    mount_dashboard(app)
     return app
