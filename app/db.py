@@ -125,20 +125,23 @@ def for_update_skip_locked(session: Session) -> dict[str, bool]:
 
 
 def json_key(session: Session, column: Any, key: str) -> ColumnElement[Any]:
-    """One key of a JSON column as an SQL value that sorts by its JSON value (numbers as numbers).
+    """One key (a known parameter name) of a JSON column as an SQL value that sorts by its JSON
+    value: numbers as numbers.
 
     SQLite's ``json_extract`` gives native SQL values (numbers, text; arrays as JSON text).
-    PostgreSQL's ``json`` has no ordering, so the key is read as ``jsonb``, which orders
-    numbers numerically and values of different JSON types by type.
+    PostgreSQL's ``json`` has no ordering: the extracted value (not the whole document, which
+    would cost a parse of every row's JSON) is cast to ``jsonb``, which orders numbers
+    numerically and values of different JSON types by type.
     """
     if session.get_bind().dialect.name == "sqlite":
         return func.json_extract(column, f'$."{key}"')
-    return cast(column, postgresql.JSONB).op("->")(key)
+    return cast(column.op("->")(key), postgresql.JSONB)
 
 
 def json_key_text(session: Session, column: Any, key: str) -> ColumnElement[str]:
-    """One key of a JSON column as its canonical JSON text (group by it, ``json.loads`` the result)."""
+    """One key of a JSON column as its JSON text (group by it, ``json.loads`` the result)."""
     if session.get_bind().dialect.name == "sqlite":
         # json_quote of a value json_extract returned as JSON (an array) leaves it as is.
         return func.json_quote(func.json_extract(column, f'$."{key}"'))
-    return cast(cast(column, postgresql.JSONB).op("->")(key), String)
+    # json's -> keeps the stored text of the value: one writer (json.dumps) wrote them all.
+    return cast(column.op("->")(key), String)

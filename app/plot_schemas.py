@@ -35,7 +35,6 @@ class HistoryRead(BaseModel):
     status: list[str]
     value: list[float | None]
     best_so_far: list[float | None]
-    finished_at: list[str | None]
 
 
 class HeatmapCell(BaseModel):

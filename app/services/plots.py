@@ -98,7 +98,7 @@ def completion_history(session: Session, sweep: Sweep) -> dict[str, Any]:
     """Finished search trials in completion order, each with its metric and the best so far."""
     metric = getattr(Trial, sweep.metric_name)
     rows = session.execute(
-        select(Trial.id, Trial.status, metric, Trial.finished_at)
+        select(Trial.id, Trial.status, metric)
         .where(*_search(sweep), Trial.status.in_(FINISHED))
         .order_by(Trial.finished_at.asc().nulls_last(), Trial.id)
     ).all()
@@ -106,7 +106,7 @@ def completion_history(session: Session, sweep: Sweep) -> dict[str, Any]:
     best: float | None = None
     best_so_far: list[float | None] = []
     values: list[float | None] = []
-    for _, status, value, _ in rows:
+    for _, status, value in rows:
         ok = status == TrialStatus.succeeded and value is not None
         values.append(value if ok else None)
         if ok:
@@ -119,7 +119,6 @@ def completion_history(session: Session, sweep: Sweep) -> dict[str, Any]:
         "status": [r[1] for r in rows],
         "value": values,
         "best_so_far": best_so_far,
-        "finished_at": [r[3].isoformat() if r[3] else None for r in rows],
     }
 
 

@@ -3,7 +3,7 @@
 
 (function () {
   const root = document.getElementById("plots");
-  if (!root || !window.echarts) return;
+  if (!root) return;
   const { fmt, param, getJSON } = window.gridsweep;
   const C = window.gridsweepCharts;
   const api = "/api/v1/sweeps/" + root.dataset.sweepId;
@@ -13,6 +13,7 @@
   const GOOD_TO_BAD = ["#1a7f4b", "#66bd63", "#d9ef8b", "#fee08b", "#fdae61", "#d73027"];
   const ramp = minimize ? GOOD_TO_BAD : GOOD_TO_BAD.slice().reverse();
   const el = (name) => document.getElementById("chart-" + name);
+  const CHARTS = ["curves", "heatmap", "parallel", "history"];
 
   function openTrial(id) {
     if (id) window.location.assign("/trials/" + id);
@@ -219,17 +220,26 @@
     pickY.addEventListener("change", onPick(pickY, pickX, "y"));
   }
 
-  // One refresh at a time; a change that arrives meanwhile triggers one more.
+  // One refresh at a time, and not more often than every 2 s (10 s for a big sweep, whose plot data
+  // is larger); a change that arrives meanwhile triggers one more refresh.
+  const minGapMs = Number(root.dataset.nTrials) > 2000 ? 10000 : 2000;
   let running = false;
   let again = false;
+  let last = 0;
   function update() {
     if (running) { again = true; return; }
+    const wait = last + minGapMs - Date.now();
+    if (wait > 0) { running = true; setTimeout(() => { running = false; update(); }, wait); return; }
     running = true;
+    again = false; // what changed so far is in this refresh
+    last = Date.now();
     refresh().finally(() => {
       running = false;
       if (again) { again = false; update(); }
     });
   }
-  document.addEventListener("gs:changed", update);
-  update();
+  C.ready().then(() => {
+    document.addEventListener("gs:changed", update);
+    update();
+  }, (err) => CHARTS.forEach((name) => el(name) && C.failed(el(name), err)));
 })();

@@ -3,7 +3,7 @@
 
 (function () {
   const target = document.getElementById("chart-trial");
-  if (!target || !window.echarts) return;
+  if (!target) return;
   const { fmt, getJSON } = window.gridsweep;
   const C = window.gridsweepCharts;
   const metric = target.dataset.metric;
@@ -45,6 +45,8 @@
   function refresh() {
     return getJSON("/api/v1/trials/" + target.dataset.trialId).then(drawTrial).catch((err) => C.failed(target, err));
   }
-  document.addEventListener("gs:changed", refresh);
-  refresh();
+  C.ready().then(() => {
+    document.addEventListener("gs:changed", refresh);
+    refresh();
+  }, (err) => C.failed(target, err));
 })();
