@@ -27,13 +27,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.config import Settings  # noqa: E402
-from app.db import Database  # noqa: E402
-from app.local import free_port, stop_all, wait_healthy  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
-from app.services.sweeps import create_sweep  # noqa: E402
-from app.spec import SweepSpec  # noqa: E402
-from tests.dashboard_seed import register, run_trials, val_loss_of  # noqa: E402
+from app.config import Settings
+from app.db import Database
+from app.local import free_port, stop_all, wait_healthy
+from app.migrate import upgrade
+from app.services.sweeps import create_sweep
+from app.spec import SweepSpec
+from tests.dashboard_seed import register, run_trials, val_loss_of
 
 SPEC = {
     "name": "bench-10k",
@@ -101,22 +101,30 @@ def browser_times(url: str, runs: int = 3) -> list[dict[str, float]]:
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         page = b.new_page(viewport={"width": 1440, "height": 900})
         for _ in range(runs):
             page.goto(url, wait_until="load")
             for name in ("curves", "heatmap", "parallel", "history"):
                 page.wait_for_selector(f"#chart-{name}[data-state=drawn] svg", timeout=60_000)
-            out.append(page.evaluate(
-                """() => {
+            out.append(
+                page.evaluate(
+                    """() => {
                   const nav = performance.getEntriesByType("navigation")[0];
                   const paint = performance.getEntriesByName("first-contentful-paint")[0];
                   return {html: nav.responseEnd, rows: document.querySelectorAll("#trials tbody tr").length,
                           paint: paint ? paint.startTime : NaN, plots: performance.now()};
                 }"""
-            ))
+                )
+            )
         b.close()
     return out
 
@@ -133,10 +141,11 @@ def main() -> None:
         sid = seed(db_url)
         print(f"seeded a 10,000-trial sweep in {time.perf_counter() - t0:.1f} s ({db_url.split(':')[0]})")
         port = free_port()
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
+        log = open(Path(tmp) / "server.log", "wb")  # closed below
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--db", db_url, "--port", str(port), "--no-upgrade"],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -157,23 +166,31 @@ def main() -> None:
             with httpx.Client(base_url=base, timeout=60) as http:
                 rows = [(label, *timed(http, path, args.repeat)) for label, path in cases]
             baseline = rows[0][2]
-            print(f"\n{'request':40} {'first ms':>9} {'median ms':>10} {'p90 ms':>8} {'x baseline':>11} {'KiB':>7}")
+            head = ("request", "first ms", "median ms", "p90 ms", "x baseline", "KiB")
+            print("\n{:40} {:>9} {:>10} {:>8} {:>11} {:>7}".format(*head))
             for label, first, med, p90, size in rows:
-                print(f"{label:40} {first:9.1f} {med:10.1f} {p90:8.1f} {med / baseline:11.2f} {size / 1024:7.1f}")
+                ratio = med / baseline
+                print(f"{label:40} {first:9.1f} {med:10.1f} {p90:8.1f} {ratio:11.2f} {size / 1024:7.1f}")
             page_ms = rows[1][3]
             verdict = "under" if page_ms < 1000 else "OVER"
-            print(f"\nsweep page with its first table page: median {rows[1][2]:.0f} ms, p90 {page_ms:.0f} ms "
-                  f"({verdict} 1 s on the server)")
+            print(
+                f"\nsweep page with its first table page: median {rows[1][2]:.0f} ms, p90 {page_ms:.0f} ms "
+                f"({verdict} 1 s on the server)"
+            )
             if CHROMIUM.exists():
                 loads = browser_times(f"{base}/sweeps/{sid}")
                 for i, t in enumerate(loads):
                     kind = "cold cache" if i == 0 else "warm cache"
-                    print(f"browser load {i + 1} ({kind}): HTML in {t['html']:.0f} ms, first paint with the "
-                          f"table ({t['rows']} rows) at {t['paint']:.0f} ms, plots drawn by {t['plots']:.0f} ms")
+                    print(
+                        f"browser load {i + 1} ({kind}): HTML in {t['html']:.0f} ms, first paint with the "
+                        f"table ({t['rows']} rows) at {t['paint']:.0f} ms, plots drawn by {t['plots']:.0f} ms"
+                    )
                 under = sum(t["paint"] < 1000 for t in loads)
                 worst = max(t["paint"] for t in loads)
-                print(f"browser: first table page on screen in under 1 s in {under} of {len(loads)} loads "
-                      f"(worst {worst:.0f} ms)")
+                print(
+                    f"browser: first table page on screen in under 1 s in {under} of {len(loads)} loads "
+                    f"(worst {worst:.0f} ms)"
+                )
             else:
                 print(f"(no browser timing: {CHROMIUM} not found)")
         finally:
