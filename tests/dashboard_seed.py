@@ -44,6 +44,7 @@ def curve(final: float, epochs: int) -> list[float]:
 class Seeded:
     finished_id: int
     running_id: int
+    queued_id: int = 0  # one config, nothing run yet
     # The running sweep's trials left running: (trial id, lease token, worker id).
     running: list[tuple[int, str, str]] = field(default_factory=list)
     workers: dict[str, str] = field(default_factory=dict)
@@ -163,6 +164,8 @@ RUNNING_SPEC = {
     },
 }
 
+QUEUED_SPEC = {"name": "single-config", "dataset": "digits", "parameters": {"hidden_units": 32, "epochs": 3}}
+
 
 def finished_outcome(t: Trial) -> Outcome:
     p = t.params
@@ -174,7 +177,8 @@ def finished_outcome(t: Trial) -> Outcome:
 
 
 def seed_store(db_url: str) -> Seeded:
-    """A finished sweep (with failed and diverged trials and its test evaluation) and a running one."""
+    """A finished sweep (with failed and diverged trials and its test evaluation), a running one,
+    and a queued one-config sweep (no grid axis, nothing run)."""
     settings = Settings(database_url=db_url)
     db = Database(db_url)
     try:
@@ -198,6 +202,8 @@ def seed_store(db_url: str) -> Seeded:
         seeded.workers["gpu"] = register(db, "gpu-box-1", "cuda:0")
         left = run_trials(db, seeded.workers["gpu"], lambda t: None, limit=2)
         seeded.running = [(tid, token, seeded.workers["gpu"]) for tid, token in left]
+        with db.session() as s:
+            seeded.queued_id = create_sweep(s, SweepSpec.model_validate(QUEUED_SPEC), settings).id
         return seeded
     finally:
         db.dispose()

@@ -176,10 +176,12 @@ def test_sweeps_page_lists_sweeps_newest_first_with_progress_and_best(site: Site
     sweeps = site.api("/api/v1/sweeps")["items"]
     browse.goto("/")
     rows = browse.page.locator("[data-testid=sweeps-table] tbody tr")
-    assert rows.count() == 2
-    ids = [int(rows.nth(i).get_attribute("data-sweep-id")) for i in range(2)]
-    assert ids == [s["id"] for s in sweeps] == [site.seeded.running_id, site.seeded.finished_id]
-    for i, s in enumerate(sweeps):
+    assert rows.count() == 3
+    ids = [int(rows.nth(i).get_attribute("data-sweep-id")) for i in range(3)]
+    seeded = site.seeded
+    assert ids == [s["id"] for s in sweeps] == [seeded.queued_id, seeded.running_id, seeded.finished_id]
+    assert rows.nth(0).locator("[data-testid=best]").inner_text() == "\N{EM DASH}"
+    for i, s in enumerate(sweeps[1:], start=1):
         row = rows.nth(i)
         done = sum(s["counts"][k] for k in ("succeeded", "failed", "diverged", "canceled"))
         assert row.locator("[data-testid=progress]").inner_text() == f"{done} / {s['n_trials']}"
@@ -377,4 +379,16 @@ def test_trial_and_workers_pages(site: Site, browse: Browse) -> None:
     held = sorted(int(x) for x in gpu.locator("a.held").evaluate_all("as => as.map(a => a.dataset.trialId)"))
     assert held == sorted(tid for tid, _, _ in site.seeded.running)
     browse.shot("workers")
+    browse.assert_clean()
+
+
+def test_sweep_without_results_or_grid_axes_says_so(site: Site, browse: Browse) -> None:
+    browse.goto(f"/sweeps/{site.seeded.queued_id}")
+    page = browse.page
+    assert "No trial has finished yet." in page.inner_text("[data-testid=best-empty]")
+    assert "needs a grid over two parameters" in page.inner_text("#plots")
+    for name in ("curves", "parallel", "history"):
+        page.wait_for_selector(f"#chart-{name}[data-state=empty]")
+    assert page.get_attribute("#trials", "data-total") == "1"
+    assert page.locator("[data-testid=cancel]").count() == 1
     browse.assert_clean()

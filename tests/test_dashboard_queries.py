@@ -141,7 +141,10 @@ def test_plot_queries_agree_with_the_trials(database: Database, seeded: Seeded) 
 def test_overview_queries(database: Database, seeded: Seeded) -> None:
     with database.session(readonly=True) as s:
         rows, total = overview.sweep_rows(s, limit=10, offset=0)
-        assert total == 2 and [r.sweep.id for r in rows] == [seeded.running_id, seeded.finished_id]
+        assert total == 3
+        assert [r.sweep.id for r in rows] == [seeded.queued_id, seeded.running_id, seeded.finished_id]
+        assert rows[0].best is None and rows[0].done == 0
+        rows = rows[1:]
         for r in rows:
             assert r.best == pytest.approx(leaderboard(s, r.sweep, limit=1)[0].mean)
             assert r.done == sum(r.counts[k] for k in ("succeeded", "failed", "diverged", "canceled"))

@@ -80,9 +80,8 @@ def cancel(sweep_id: int, request: Request, session: SessionDep) -> HTMLResponse
             raise views.PageError(
                 403, "Cancel a sweep from its page or with POST /api/v1/sweeps/{id}/cancel."
             )
-        sweep = views.summary_for(session, sweep_id)["sweep"]
-        cancel_sweep(session, sweep)
-        return views.summary_for(session, sweep_id)
+        sweep = cancel_sweep(session, views.sweep_or_error(session, sweep_id))
+        return views.summary_context(session, sweep)
 
     return _render(request, "_summary.html", build)
 

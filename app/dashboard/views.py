@@ -95,7 +95,7 @@ def sweeps_context(session: Session, page_raw: str | None) -> dict[str, Any]:
     }
 
 
-def _sweep(session: Session, sweep_id: int) -> Sweep:
+def sweep_or_error(session: Session, sweep_id: int) -> Sweep:
     sweep = get_sweep(session, sweep_id)
     if sweep is None:
         raise PageError(404, f"There is no sweep {sweep_id}.")
@@ -143,7 +143,7 @@ def table_context(session: Session, sweep: Sweep, query: Any) -> dict[str, Any]:
 
 
 def sweep_context(session: Session, sweep_id: int, query: Any) -> dict[str, Any]:
-    sweep = _sweep(session, sweep_id)
+    sweep = sweep_or_error(session, sweep_id)
     axes = grid_axes(sweep)
     return {
         **summary_context(session, sweep),
@@ -164,11 +164,11 @@ def _heatmap_axes(axes: list[str]) -> dict[str, str | None]:
 
 
 def summary_for(session: Session, sweep_id: int) -> dict[str, Any]:
-    return summary_context(session, _sweep(session, sweep_id))
+    return summary_context(session, sweep_or_error(session, sweep_id))
 
 
 def table_for(session: Session, sweep_id: int, query: Any) -> dict[str, Any]:
-    return table_context(session, _sweep(session, sweep_id), query)
+    return table_context(session, sweep_or_error(session, sweep_id), query)
 
 
 def trial_context(session: Session, trial_id: int) -> dict[str, Any]:

@@ -31,11 +31,18 @@
     if (shown.some(([, , axis]) => axis === 1)) {
       yAxis.push(C.valueAxis(metric, epochs.map((e) => e[metric]), { type: "value", splitLine: { show: false } }));
     }
+    if (t.status === "diverged" && series.length) {
+      // Where the loss stopped being a number.
+      series[0].markLine = { symbol: "none", silent: true, data: [{ xAxis: t.epochs_done }],
+        lineStyle: { color: "#d92d20", type: "dashed" }, label: { formatter: "diverged", color: "#d92d20" } };
+    }
     C.draw(target, {
       grid: { left: 60, right: 60, top: 36, bottom: 38 },
       legend: { top: 0, textStyle: { color: C.AXIS_TEXT } },
       tooltip: { trigger: "axis", valueFormatter: (v) => fmt(v) },
+      // The whole planned run, so a running trial shows how far it got.
       xAxis: { type: "value", name: "epoch", nameLocation: "middle", nameGap: 24, min: 1, minInterval: 1,
+        max: Math.max(t.params.epochs || 0, t.epochs_done, epochs[epochs.length - 1].epoch, 2),
         axisLabel: { color: C.AXIS_TEXT }, splitLine: { show: false } },
       yAxis,
       series,
