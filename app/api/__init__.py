@@ -89,4 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_workers.router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_models.router)
+
+    from app.dashboard import mount_dashboard
+
+    mount_dashboard(app)
     return app
