@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -151,6 +152,10 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
     """API + N local workers in one command (Ctrl-C stops them all)."""
     settings = settings_for(db)
     url = f"http://{host}:{port}"
+    # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
+    # this process alone and orphaned the server and workers).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     server = spawn(
         gridsweep_cmd("serve", "--host", host, "--port", str(port)),
         env={"GRIDSWEEP_DATABASE_URL": settings.database_url},
@@ -168,11 +173,24 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
         )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
+        died = next(p for p in procs if p.poll() is not None)
+        click.echo(f"gridsweep up: the {died.args[3]} process exited ({died.returncode}); stopping", err=True)
+        code = 1
     except KeyboardInterrupt:
         click.echo("stopping...", err=True)
+        code = 0
     finally:
+        # The children have process groups of their own (a terminal's Ctrl-C reaches only this
+        # process): workers stop first and release their trials while the server still answers.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stop_all(procs[1:])
         stop_all(procs[:1])
+    sys.exit(code)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command()

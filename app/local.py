@@ -70,7 +70,9 @@ def gridsweep_cmd(*args: str) -> list[str]:
 
 
 def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(list(args), env={**os.environ, **(env or {})})
+    """A child in a process group of its own: a terminal's Ctrl-C reaches only the parent,
+    which stops its children in order (``stop_all``)."""
+    return subprocess.Popen(list(args), env={**os.environ, **(env or {})}, process_group=0)
 
 
 def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
