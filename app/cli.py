@@ -14,7 +14,15 @@ import uvicorn
 
 from app import cli_output as out
 from app.config import Settings, get_settings
-from app.local import ThreadServer, free_port, gridsweep_cmd, spawn, stop_all, wait_healthy
+from app.local import (
+    LOCAL_TORCH_THREADS,
+    ThreadServer,
+    free_port,
+    gridsweep_cmd,
+    spawn,
+    stop_all,
+    wait_healthy,
+)
 from worker.client import ApiClient, ApiError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -163,7 +171,7 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
     procs = [server]
     try:
         wait_healthy(url, timeout=60, proc=server)
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+        threads = str(LOCAL_TORCH_THREADS)
         for _ in range(workers):
             procs.append(
                 spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads))
@@ -265,7 +273,7 @@ def run(
         def sweep_done() -> bool:
             return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = LOCAL_TORCH_THREADS
         helpers = [
             spawn(
                 gridsweep_cmd(
