@@ -61,18 +61,7 @@ BAD_SPECS: list[tuple[Any, list[Any], str]] = [
 ]
 
 
-def test_submit_returns_201_with_id_status_and_trial_count(server: Server) -> None:
-    r = post_spec(
-        server.http, {**SPEC, "parameters": {"layers": [1, 2], "learning_rate": [0.1, 0.01]}, "seeds": [0, 1]}
-    )
-    assert r.status_code == 201, r.text
-    body = r.json()
-    assert set(body) == {"id", "status", "n_trials"} and body["status"] == "queued" and body["n_trials"] == 8
-    assert server.http.get(f"/api/v1/sweeps/{body['id']}").json()["n_trials"] == 8
-    assert server.http.get("/healthz").json() == {"status": "ok"}
-
-
-def test_every_bad_spec_is_a_422_with_its_field_path_and_reason(server: Server) -> None:
+def test_submit_201_and_every_bad_spec_a_422_with_field_path_and_reason(server: Server) -> None:
     problems = []
     for body, loc, reason in BAD_SPECS:
         r = post_spec(server.http, body)
@@ -84,6 +73,13 @@ def test_every_bad_spec_is_a_422_with_its_field_path_and_reason(server: Server) 
             problems.append(f"{loc} / {reason!r} not in {detail}")
     assert problems == []
     assert server.http.get("/api/v1/sweeps").json()["total"] == 0  # nothing half-stored
+
+    r = post_spec(server.http, grid(layers=[1, 2], learning_rate=[0.1, 0.01]) | {"seeds": [0, 1]})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body) == {"id", "status", "n_trials"} and body["status"] == "queued" and body["n_trials"] == 8
+    assert server.http.get(f"/api/v1/sweeps/{body['id']}").json()["n_trials"] == 8
+    assert server.http.get("/healthz").json() == {"status": "ok"}
 
 
 # --------------------------------------------------------------------------- the read side

@@ -1,4 +1,4 @@
-"""Whole sweeps through a real uvicorn server and two real worker processes, on both backends."""
+"""Whole sweeps through a real uvicorn server and real worker processes, on both backends."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from tests.conftest import Server
 
 pytestmark = pytest.mark.slow
 
-Workers = list[subprocess.Popen[bytes]]
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
@@ -59,13 +58,13 @@ def submit(http: httpx.Client, spec: dict[str, Any]) -> int:
     return r.json()["id"]
 
 
-def two_workers(
-    server: Server, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
-) -> Workers:
-    """Two worker processes, both registered before any sweep is queued (so both get work)."""
-    procs = [start_worker(server.url), start_worker(server.url)]
+def start_workers(
+    n: int, server: Server, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> list[subprocess.Popen[bytes]]:
+    """``n`` worker processes, all registered before any sweep is queued (so each gets work)."""
+    procs = [start_worker(server.url) for _ in range(n)]
     wait_until(
-        "two workers to register", lambda: len(server.http.get("/api/v1/workers").json()) == 2, tmp_path
+        f"{n} workers to register", lambda: len(server.http.get("/api/v1/workers").json()) == n, tmp_path
     )
     return procs
 
@@ -74,21 +73,21 @@ def test_a_full_sweep_with_two_workers(
     server: Server, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     http = server.http
-    procs = two_workers(server, start_worker, tmp_path)
+    procs = start_workers(2, server, start_worker, tmp_path)
     spec = {
         "name": "e2e",
         "dataset": "moons",
         "metric": {"name": "val_accuracy"},
-        "parameters": {"hidden_units": [8, 16], "learning_rate": [0.01, 0.05], "epochs": 3, "batch_size": 32},
+        "parameters": {"hidden_units": [8, 16], "learning_rate": 0.05, "epochs": 3, "batch_size": 32},
         "seeds": [0, 1],
     }
     sid = submit(http, spec)
     s = wait_ended(http, sid, tmp_path)
 
     assert s["status"] == "succeeded", logs(tmp_path)
-    assert s["n_trials"] == 8 and s["counts"]["succeeded"] == 8 and s["progress"] == 1.0
+    assert s["n_trials"] == 4 and s["counts"]["succeeded"] == 4 and s["progress"] == 1.0
     search = trials(http, sid)
-    assert len(search) == 8 and {t["status"] for t in search} == {"succeeded"}
+    assert len(search) == 4 and {t["status"] for t in search} == {"succeeded"}
     for t in search:
         detail = http.get(f"/api/v1/trials/{t['id']}").json()
         assert [e["epoch"] for e in detail["epochs"]] == [1, 2, 3] and detail["epochs_done"] == 3
@@ -132,7 +131,7 @@ def test_diverged_and_failed_trials_do_not_stop_workers_or_sweeps(
     db.dispose()
     # Every trial of this one fails: a 1-row training split has one class.
     hopeless = submit(http, {**base, "name": "hopeless", "split": {"validation": 0.499, "test": 0.5}})
-    procs = two_workers(server, start_worker, tmp_path)
+    procs = start_workers(1, server, start_worker, tmp_path)
 
     s = wait_ended(http, diverging, tmp_path)
     assert s["status"] == "succeeded" and s["counts"]["diverged"] == 1 and s["counts"]["succeeded"] == 1
@@ -163,7 +162,7 @@ def test_cancel_stops_running_trials_at_their_next_epoch(
     server: Server, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     http = server.http
-    procs = two_workers(server, start_worker, tmp_path)
+    procs = start_workers(1, server, start_worker, tmp_path)
     epochs = 200  # long enough that nothing finishes before the cancel
     spec = {
         "name": "long",
@@ -172,11 +171,10 @@ def test_cancel_stops_running_trials_at_their_next_epoch(
     }
     sid = submit(http, spec)
 
-    def both_training() -> bool:
-        running = trials(http, sid, status="running")
-        return len(running) == 2 and all(t["epochs_done"] >= 1 for t in running)
+    def training() -> bool:
+        return any(t["epochs_done"] >= 1 for t in trials(http, sid, status="running"))
 
-    wait_until("two trials to be training", both_training, tmp_path)
+    wait_until("a trial to be training", training, tmp_path)
     r = http.post(f"/api/v1/sweeps/{sid}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "canceled"
     wait_until("running trials to stop", lambda: not trials(http, sid, status="running"), tmp_path)
@@ -185,7 +183,7 @@ def test_cancel_stops_running_trials_at_their_next_epoch(
     assert s["status"] == "canceled" and s["counts"]["canceled"] == 4 and s["best"] is None
     ts = trials(http, sid)
     stopped = [t for t in ts if t["epochs_done"] > 0]
-    assert len(stopped) == 2 and {t["error"] for t in ts if t["epochs_done"] == 0} == {"sweep canceled"}
+    assert len(stopped) == 1 and {t["error"] for t in ts if t["epochs_done"] == 0} == {"sweep canceled"}
     for t in stopped:  # stopped mid-run, its curve kept up to where it stopped
         detail = http.get(f"/api/v1/trials/{t['id']}").json()
         assert 1 <= detail["epochs_done"] < epochs and len(detail["epochs"]) == detail["epochs_done"]
