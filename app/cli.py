@@ -260,8 +260,13 @@ def run(
     """Run one sweep to the end locally (no separate server) and print the leaderboard."""
     from app.migrate import upgrade
     from worker.loop import Worker
+    from worker.train import select_device
 
     spec = out.load_spec(spec_file)
+    try:  # a bad --device fails here, not after the sweep is stored (left queued, with a traceback)
+        select_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     settings = settings_for(db)
     upgrade(settings.database_url)
     with ThreadServer(settings, port=free_port()) as srv:

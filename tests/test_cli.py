@@ -67,6 +67,10 @@ def test_run_rejects_a_bad_spec_file_with_exit_code_2_and_the_field_path(tmp_pat
     r = gridsweep("run", str(tmp_path / "missing.yaml"), "--db", db)
     assert r.returncode == 2 and "cannot read" in r.stderr
 
+    r = gridsweep("run", "examples/moons.yaml", "--db", db, "--device", "tpu")
+    assert r.returncode == 2 and "unknown device 'tpu'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.db").exists()  # nothing stored
+
 
 def test_submit_wait_status_and_best_against_a_server(
     start_server: Callable[..., Server], start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
