@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -13,7 +14,15 @@ import uvicorn
 from app import cli_ci
 from app import cli_output as out
 from app.config import Settings, get_settings
-from app.local import ThreadServer, free_port, gridsweep_cmd, spawn, stop_all, wait_healthy
+from app.local import (
+    LOCAL_TORCH_THREADS,
+    ThreadServer,
+    free_port,
+    gridsweep_cmd,
+    spawn,
+    stop_all,
+    wait_healthy,
+)
 from app.logs import configure_logging
 from worker.client import ApiClient, ApiError
 
@@ -150,6 +159,10 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
     """API + N local workers in one command (Ctrl-C stops them all)."""
     settings = settings_for(db)
     url = f"http://{host}:{port}"
+    # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
+    # this process alone and orphaned the server and workers).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     server = spawn(
         gridsweep_cmd("serve", "--host", host, "--port", str(port)),
         env={"GRIDSWEEP_DATABASE_URL": settings.database_url},
@@ -157,7 +170,7 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
     procs = [server]
     try:
         wait_healthy(url, timeout=60, proc=server)
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+        threads = str(LOCAL_TORCH_THREADS)
         for _ in range(workers):
             procs.append(
                 spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads))
@@ -167,11 +180,24 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
         )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
+        died = next(p for p in procs if p.poll() is not None)
+        click.echo(f"gridsweep up: the {died.args[3]} process exited ({died.returncode}); stopping", err=True)
+        code = 1
     except KeyboardInterrupt:
         click.echo("stopping...", err=True)
+        code = 0
     finally:
+        # The children have process groups of their own (a terminal's Ctrl-C reaches only this
+        # process): workers stop first and release their trials while the server still answers.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stop_all(procs[1:])
         stop_all(procs[:1])
+    sys.exit(code)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def call_create(client: ApiClient, body: dict[str, Any], server: str) -> dict[str, Any]:
@@ -197,8 +223,13 @@ def run(
     """Run one sweep to the end locally (no separate server) and print the leaderboard."""
     from app.migrate import upgrade
     from worker.loop import Worker
+    from worker.train import select_device
 
     spec = out.load_spec(spec_file)
+    try:  # a bad --device fails here, not after the sweep is stored (left queued, with a traceback)
+        select_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     settings = settings_for(db)
     upgrade(settings.database_url)
     with ThreadServer(settings, port=free_port()) as srv:
@@ -210,7 +241,7 @@ def run(
         def sweep_done() -> bool:
             return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = LOCAL_TORCH_THREADS
         helpers = [
             spawn(
                 gridsweep_cmd(

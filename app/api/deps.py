@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -32,8 +32,13 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-# scope="function": the transaction commits before the response is sent. The default ("request")
-# commits after it, so a client could read a 201 and not find what it just created.
+# Ids are 32-bit INTEGER columns (PostgreSQL int4): a larger one is no row, not a driver error.
+MAX_ID = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# scope="function": the transaction commits before the response is sent. FastAPI's default
+# ("request") commits after it, so a client could read before its own write had landed, and a
+# failed commit (a claim, a result) would already have been answered 200.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

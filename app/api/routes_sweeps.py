@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.api.presenters import best_read, sweep_read, trial_detail
 from app.models import Sweep, Trial, TrialStatus
 from app.schemas import (
@@ -27,7 +27,7 @@ from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 router = APIRouter(prefix="/api/v1", tags=["sweeps"])
 
 Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
 
 def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
@@ -57,13 +57,13 @@ def list_sweeps(
 
 
 @router.get("/sweeps/{sweep_id}", response_model=SweepRead)
-def get_sweep(sweep_id: int, session: ReadSessionDep) -> SweepRead:
+def get_sweep(sweep_id: IdPath, session: ReadSessionDep) -> SweepRead:
     """One sweep with its counts by status and its best config so far."""
     return sweep_read(session, _sweep_or_404(session, sweep_id))
 
 
 @router.get("/sweeps/{sweep_id}/best", response_model=BestRead)
-def get_best(sweep_id: int, session: ReadSessionDep) -> BestRead:
+def get_best(sweep_id: IdPath, session: ReadSessionDep) -> BestRead:
     """The best config by the sweep's metric (mean over seeds) and its test metrics."""
     best = best_read(session, _sweep_or_404(session, sweep_id))
     if best is None:
@@ -73,7 +73,7 @@ def get_best(sweep_id: int, session: ReadSessionDep) -> BestRead:
 
 @router.get("/sweeps/{sweep_id}/leaderboard", response_model=list[LeaderboardEntry])
 def get_leaderboard(
-    sweep_id: int, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+    sweep_id: IdPath, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
 ) -> list[LeaderboardEntry]:
     """The top configs by the sweep's metric (mean over seeds), best first."""
     ranked = sweep_service.leaderboard(session, _sweep_or_404(session, sweep_id), limit=limit)
@@ -93,7 +93,7 @@ def get_leaderboard(
 
 @router.get("/sweeps/{sweep_id}/trials", response_model=Page[TrialRead])
 def get_trials(
-    sweep_id: int,
+    sweep_id: IdPath,
     session: ReadSessionDep,
     settings: SettingsDep,
     status_: Annotated[list[TrialStatus] | None, Query(alias="status")] = None,
@@ -123,14 +123,14 @@ def get_trials(
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepRead)
-def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepRead:
+def cancel_sweep(sweep_id: IdPath, session: SessionDep) -> SweepRead:
     """Cancel a sweep: queued trials now, running ones at their next epoch."""
     sweep = sweep_service.cancel_sweep(session, _sweep_or_404(session, sweep_id))
     return sweep_read(session, sweep)
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail, tags=["trials"])
-def get_trial(trial_id: int, session: ReadSessionDep) -> TrialDetail:
+def get_trial(trial_id: IdPath, session: ReadSessionDep) -> TrialDetail:
     """One trial with its per-epoch curve."""
     trial = session.get(Trial, trial_id)
     if trial is None:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import db_now, for_update_skip_locked, insert_ignore
@@ -67,8 +67,9 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     ).first()
     if head is None:
         return []
-    # Select the ids first: as a subquery of the UPDATE, PostgreSQL may re-run the LIMIT ... SKIP
-    # LOCKED select per row and claim more than max_trials.
+    # Pick and lock the ids in a statement of their own. As a subquery of the UPDATE,
+    # PostgreSQL may rescan it per row: each rescan skips the rows the UPDATE has just
+    # changed and takes the next ones, so LIMIT stops limiting and one claim takes the pack.
     ids = session.scalars(
         select(Trial.id)
         .where(
@@ -83,7 +84,7 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     token = secrets.token_hex(16)
     trials = session.scalars(
         update(Trial)
-        .where(Trial.id.in_(ids), Trial.status == TrialStatus.queued)
+        .where(Trial.id.in_(list(ids)), Trial.status == TrialStatus.queued)
         .values(
             status=TrialStatus.running,
             attempt=Trial.attempt + 1,
@@ -240,6 +241,11 @@ def release(session: Session, leases: list[Lease]) -> dict[int, LeaseState]:
     """Give trials back to the queue without using up an attempt (worker shutting down)."""
     held = _held(session, leases)
     for t in held.values():
+        # The next claim reuses this attempt number: drop the abandoned run's epochs, or the
+        # new run's reports would be ignored as retries of them and the curve would be stale.
+        session.execute(
+            delete(TrialEpoch).where(TrialEpoch.trial_id == t.id, TrialEpoch.attempt == t.attempt)
+        )
         t.status = TrialStatus.queued
         t.attempt = max(0, t.attempt - 1)
         t.lease_token = None
