@@ -85,7 +85,8 @@ def test_submit_wait_status_and_best_against_a_server(
     lines = r.stdout.splitlines()
     sid = int(lines[0])
     assert lines[1].startswith("best config (trial") and "held-out test_accuracy" in r.stdout
-    assert f"sweep {sid} succeeded: 2/2 trials done" in r.stderr
+    # Off a terminal: one plain line per finished trial, then the verdict.
+    assert "[2/2] trial" in r.stderr and f"sweep {sid} succeeded" in r.stderr
 
     r = gridsweep("status", str(sid), "--server", server.url)
     assert r.returncode == 0 and f"sweep {sid} succeeded: 2/2 trials done" in r.stdout
