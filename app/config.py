@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///gridsweep.db"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
@@ -21,6 +23,22 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
+    max_upload_bytes: int = Field(
+        100 * 2**20, description="Largest dataset file (or model) one upload may send; larger gets 413."
+    )
+    data_cache_dir: str = Field(
+        "~/.cache/gridsweep/datasets", description="Where a worker caches uploaded datasets by hash."
+    )
+    log_level: Annotated[LogLevel, BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = Field(
+        "INFO", description="Log level of the API, workers and CLI (any case)."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as `json` or `text`; `auto`: JSON unless stderr is a terminal."
+    )
+    server: str = Field(
+        "http://127.0.0.1:8000", description="API URL the CLI and workers talk to (`--server`)."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token the CLI and workers send (a secret).")
 
 
 @lru_cache

@@ -163,9 +163,22 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     def start(server_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # the child keeps it
         p = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--server", server_url, "--device", "cpu",
-             "--threads", "1", *args],
-            env=cli_env(**env), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "worker",
+                "--server",
+                server_url,
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                *args,
+            ],
+            env=cli_env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         procs.append(p)
         return p

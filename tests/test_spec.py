@@ -9,6 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from app.db import Database
 from app.services.sweeps import dataset_facts
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
 
@@ -98,12 +99,14 @@ def test_name_and_dataset_are_required() -> None:
 # --------------------------------------------------------------------------- rejections that need the dataset
 
 
-def test_unknown_dataset_is_rejected_at_dataset() -> None:
-    with pytest.raises(SpecError) as info:
-        dataset_facts(None, "mnist")  # type: ignore[arg-type]  # built-in lookup needs no session
+def test_unknown_dataset_is_rejected_at_dataset(database: Database) -> None:
+    # Neither built-in nor uploaded: the lookup reaches the store (both backends).
+    with database.session(readonly=True) as session, pytest.raises(SpecError) as info:
+        dataset_facts(session, "mnist")
     (err,) = info.value.errors
     assert format_loc(err["loc"]) == "dataset"
     assert "unknown dataset 'mnist'" in err["msg"] and "moons" in err["msg"]
+    assert "uploaded" in err["msg"]
 
 
 def test_builtin_datasets_resolve_to_their_task() -> None:

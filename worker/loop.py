@@ -22,10 +22,13 @@ from typing import Any
 
 import torch
 
+from app import logs
 from worker.client import ApiClient, ApiError
 from worker.config import TrialConfig
 from worker.data import DataCache
+from worker.handback import model_files, upload_model, versions
 from worker.train import EpochMetrics, select_device, train_trial
+from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")
 
@@ -83,6 +86,7 @@ class Worker:
         poll_seconds: float = 1.0,
         threads: int | None = None,
         exit_when: Callable[[], bool] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         self.client = ApiClient(server, token=token)
         self.hb_client = ApiClient(server, token=token)  # its own connection: used from another thread
@@ -92,7 +96,8 @@ class Worker:
         self.pack_size = pack_size
         self.poll_seconds = poll_seconds
         self.exit_when = exit_when
-        self.data = DataCache(self.device)
+        self.uploads = UploadedDatasets(self.client, cache_dir)
+        self.data = DataCache(self.device, fetch=self.uploads.get)
         self.held = Held()
         self.stopping = threading.Event()
         self.heartbeat_seconds = 10.0
@@ -116,6 +121,7 @@ class Worker:
         """Claim and train until stopped (or until ``exit_when`` says so while idle)."""
         info = self.client.register(self.name, socket.gethostname(), self.device_name)
         self.worker_id = info["id"]
+        logs.set_fields(worker_id=self.worker_id)  # on this thread's log lines (and the heartbeat's)
         self.heartbeat_seconds = float(info.get("heartbeat_seconds") or self.heartbeat_seconds)
         log.info("worker %s registered as %s on %s", self.name, self.worker_id, self.device_name)
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -134,6 +140,7 @@ class Worker:
                     continue
                 idle = 0.0
                 done += self.run_claimed(claimed)
+                logs.set_fields(sweep_id=None, trial_id=None)
         finally:
             self._release_all()
             self.stopping.set()
@@ -143,6 +150,7 @@ class Worker:
         return done
 
     def _heartbeat_loop(self) -> None:
+        logs.set_fields(worker_id=self.worker_id)
         while not self.stopping.wait(self.heartbeat_seconds):
             refs = self.held.as_refs()
             if not refs:
@@ -184,6 +192,7 @@ class Worker:
 
     def run_one(self, c: dict[str, Any]) -> int:
         tid, token = c["trial_id"], c["lease_token"]
+        logs.set_fields(sweep_id=c["sweep_id"], trial_id=tid)  # on this trial's log lines
         ref = {"trial_id": tid, "lease_token": token}
 
         def on_epoch(m: EpochMetrics) -> bool:
@@ -195,13 +204,24 @@ class Worker:
                 raise Abandon
             return tid in self.held.cancel
 
-        outcome: dict[str, Any] = {**ref, "device": self.device_name}
+        outcome: dict[str, Any] = {**ref, "device": self.device_name, "split": c["split"]}
+        outcome["versions"] = versions()
         try:
-            data = self.data.get(c["dataset"], c["split"])
+            source = (c["dataset"], c["split"], c.get("dataset_id"), c.get("data_hash"))
+            data = self.data.get(*source)
+            info = self.data.info(*source)
+            outcome["data_hash"] = info.data_hash
             cfg = TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes)
             result = train_trial(
                 cfg, data, on_epoch=on_epoch, evaluate_test=c["evaluate_test"], train_on_validation=c["refit"]
             )
+            if c.get("upload_model") and result.status == "succeeded" and result.model is not None:
+                try:  # before `complete`, while the lease still fences the write
+                    upload_model(self.client, self.worker_id, c, model_files(c, cfg, data, info, result))
+                except ApiError as exc:
+                    if exc.status_code == 409:
+                        raise TrialLost from exc
+                    raise
             outcome.update(
                 status=result.status,
                 metrics=_finite({**result.metrics, **(result.test_metrics or {})}),

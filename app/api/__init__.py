@@ -20,6 +20,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from app import __version__
 from app.config import Settings, get_settings
 from app.db import Database
+from app.metrics import Metrics
+from app.migrate import head_revision
 from app.services.trials import reap_expired
 from app.spec import SpecError
 
@@ -38,6 +40,7 @@ async def _reaper(app: FastAPI) -> None:
         await asyncio.sleep(settings.reaper_interval_seconds)
         try:
             n = await run_in_threadpool(_reap_once, app.state.db)
+            app.state.metrics.lease_reclaims.inc(n)
             if n:
                 log.info("reaper requeued or failed %d trials with expired leases", n)
         except Exception:  # the database may be down; try again next round
@@ -73,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gridsweep", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
+    app.state.metrics = Metrics(app.state.db, settings)
+    app.state.head_revision = head_revision(settings.database_url)  # what /readyz expects
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,9 +100,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"}
         )
 
-    from app.api import routes_health, routes_sweeps, routes_workers
+    from app.api import routes_datasets, routes_health, routes_models, routes_sweeps, routes_workers
+    from app.api.middleware import RequestMiddleware
+
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
 
     app.include_router(routes_health.router)
     app.include_router(routes_sweeps.router)
     app.include_router(routes_workers.router)
+    app.include_router(routes_datasets.router)
+    app.include_router(routes_models.router)
+
+    from app.dashboard import mount_dashboard
+
+    mount_dashboard(app)
     return app

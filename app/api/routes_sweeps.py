@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -21,7 +22,7 @@ from app.schemas import (
     TrialRead,
 )
 from app.services import sweeps as sweep_service
-from app.services.trial_queries import SORTABLE, list_trials
+from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
 router = APIRouter(prefix="/api/v1", tags=["sweeps"])
 
@@ -96,13 +97,15 @@ def get_trials(
     session: ReadSessionDep,
     settings: SettingsDep,
     status_: Annotated[list[TrialStatus] | None, Query(alias="status")] = None,
-    role: Literal["search", "final"] = "search",
-    sort: Annotated[str, Query(pattern="^(" + "|".join(SORTABLE) + "|metric)$")] = "id",
+    role: Literal["search", "final", "refit", "rerun"] = "search",
+    sort: Annotated[
+        str, Query(pattern="^(" + "|".join(map(re.escape, SORTABLE + PARAM_SORTABLE)) + "|metric)$")
+    ] = "id",
     order: Literal["asc", "desc"] = "asc",
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[TrialRead]:
-    """A page of the sweep's trials; ``sort=metric`` sorts by the sweep's metric."""
+    """A page of the sweep's trials; ``sort=metric`` sorts by the sweep's metric, ``params.X`` by a param."""
     sweep = _sweep_or_404(session, sweep_id)
     limit = min(limit, settings.max_page_size)
     rows, total = list_trials(

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
-from app.models import Sweep, Trial, TrialRole, TrialStatus, Worker
+from app.models import Sweep, Trial, TrialStatus, Worker
 from app.schemas import (
     ClaimedTrial,
     ClaimRequest,
@@ -25,6 +25,7 @@ from app.schemas import (
     WorkerRead,
 )
 from app.services import trials as trial_service
+from app.services.artifacts import claim_plans
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 
@@ -75,6 +76,7 @@ def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: Set
     sweeps = {
         s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))
     }
+    plans = claim_plans(session, trials, sweeps)
     return ClaimResponse(
         trials=[
             ClaimedTrial(
@@ -87,8 +89,7 @@ def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: Set
                 params=t.params,
                 dataset=sweeps[t.sweep_id].dataset,
                 split=sweeps[t.sweep_id].spec["split"],
-                evaluate_test=t.role == TrialRole.final,
-                refit=bool(sweeps[t.sweep_id].spec.get("refit")) and t.role == TrialRole.final,
+                **plans[t.id],
             )
             for t in trials
         ],

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now, for_update_skip_locked, insert_ignore
 from app.models import Sweep, SweepStatus, Trial, TrialEpoch, TrialStatus, Worker, WorkerStatus
-from app.services.sweeps import finalize_if_done
+from app.services.sweeps import TEST_ROLES, finalize_if_done
 
 CLAIM_ORDER = (Trial.priority, Trial.sweep_id, Trial.config_index, Trial.seed, Trial.id)
 
@@ -215,8 +215,12 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
         t.status = TrialStatus(o["status"])
         metrics = o.get("metrics") or {}
         for col in FINAL_COLUMNS:
-            if col in metrics:
+            # Test numbers only for the final and refit trials: nobody can pick a config by test.
+            if col in metrics and (not col.startswith("test_") or t.role in TEST_ROLES):
                 setattr(t, col, metrics[col])
+        for col in ("data_hash", "split", "versions"):  # what it takes to run the trial again
+            if o.get(col) is not None:
+                setattr(t, col, o[col])
         if o.get("epochs_done") is not None:
             t.epochs_done = o["epochs_done"]
         t.error = o.get("error")
