@@ -85,7 +85,7 @@ def test_submit_wait_status_and_best_against_a_server(
     lines = r.stdout.splitlines()
     sid = int(lines[0])
     assert lines[1].startswith("best config (trial") and "held-out test_accuracy" in r.stdout
-    assert f"sweep {sid} succeeded: 2/2 trials done" in r.stderr
+    assert "[2/2] trial" in r.stderr and f"sweep {sid} succeeded" in r.stderr  # progress, then the verdict
 
     r = gridsweep("status", str(sid), "--server", server.url)
     assert r.returncode == 0 and f"sweep {sid} succeeded: 2/2 trials done" in r.stdout
