@@ -160,9 +160,10 @@ def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
     settings = settings_for(db)
     url = f"http://{host}:{port}"
     # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
-    # this process alone and orphaned the server and workers).
+    # this process alone and orphaned the server and workers). An ignored signal stays ignored (nohup).
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
     server = spawn(
         gridsweep_cmd("serve", "--host", host, "--port", str(port)),
         env={"GRIDSWEEP_DATABASE_URL": settings.database_url},

@@ -48,6 +48,8 @@ BAD_SPECS: list[tuple[Any, list[Any], str]] = [
     (b'{"name": "x", "dataset": ', ["body"], "JSON"),
     # Found after parsing, once the dataset is known:
     (spec(dataset="imagenet"), ["body", "dataset"], "unknown dataset 'imagenet'"),
+    (spec(dataset=2**70), ["body", "dataset"], "unknown dataset"),  # an id no row can have
+    (spec(dataset="²"), ["body", "dataset"], "unknown dataset"),
     (spec(dataset="diabetes", parameters={"loss": "cross_entropy"}), [*P, "loss", 0], "regression task"),
     (spec(dataset="digits", parameters={"loss": "bce"}), [*P, "loss", 0], "exactly 2 classes"),
     (

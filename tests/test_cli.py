@@ -85,8 +85,7 @@ def test_submit_wait_status_and_best_against_a_server(
     lines = r.stdout.splitlines()
     sid = int(lines[0])
     assert lines[1].startswith("best config (trial") and "held-out test_accuracy" in r.stdout
-    # Off a terminal: one plain line per finished trial, then the verdict.
-    assert "[2/2] trial" in r.stderr and f"sweep {sid} succeeded" in r.stderr
+    assert "[2/2] trial" in r.stderr and f"sweep {sid} succeeded" in r.stderr  # progress, then the verdict
 
     r = gridsweep("status", str(sid), "--server", server.url)
     assert r.returncode == 0 and f"sweep {sid} succeeded: 2/2 trials done" in r.stdout
@@ -136,8 +135,14 @@ def test_up_runs_sweeps_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     args = ["up", "--db", f"sqlite:///{db}", "--port", str(port), "--workers", "1", "--device", "cpu"]
     log = open(tmp_path / "up.log", "wb")
     # A session of its own, like a terminal: Ctrl-C is SIGINT to its foreground process group.
+    # SIGINT reset to its default first, as in a terminal's foreground job (a background job of a
+    # script, e.g. a CI runner's, inherits it ignored).
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
     up = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-c", reset, "-m", "app.cli", *args],
         cwd=ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
