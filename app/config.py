@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
+    allow_tf32: bool = Field(
+        False, description="CUDA workers may use TF32 matmuls in fused packs (faster; ~1e-3 relative)."
+    )
 
 
 @lru_cache
