@@ -32,6 +32,9 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+# scope="function": the transaction commits before the response is sent. FastAPI's default
+# ("request") commits after it, so a client could read before its own write had landed, and a
+# failed commit (a claim, a result) would already have been answered 200.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
