@@ -155,7 +155,7 @@ def test_padded_units_stay_exactly_zero(optimizer: str) -> None:
     for start in range(0, 120, 16):
         xb, yb = data.X_train[start : start + 16], data.y_train[start : start + 16]
         losses = pack_losses(block.forward(xb, train=True), yb, "mse")
-        opt.step([block], torch.autograd.grad(losses.sum(), block.params))
+        opt.step(torch.autograd.grad(losses.sum(), block.params))
     for p, pad in zip(block.params, padding, strict=True):
         assert pad.any() or p.shape[-1] == 1
         assert (p.detach()[pad] == 0).all()
@@ -176,7 +176,7 @@ def test_optimizer_step_is_bitwise_torch_optim_in_float32() -> None:
         refs = [train.make_optimizer(c, ps) for c, ps in zip(cfgs, singles, strict=True)]
         for _ in range(4):
             grads = [torch.randn_like(p) for p in block.params]
-            opt.step([block], grads)
+            opt.step(grads)
             for k, (ps, ref) in enumerate(zip(singles, refs, strict=True)):
                 for p, g in zip(ps, grads, strict=True):
                     p.grad = g[k].clone()

@@ -192,6 +192,7 @@ def _train_pack(
             if gone:
                 blk.keep([j for j in range(blk.K) if blk.ids[j] not in out])
         blocks = [b for b in blocks if b.K > 0]
+        opt.bind(blocks)
         results.update(done)
         if on_finish is not None and done:
             on_finish(done)
@@ -203,13 +204,12 @@ def _train_pack(
         # One gather per epoch; each batch is then a contiguous slice (same rows as X_fit[idx]).
         Xp, yp = X_fit[perm], y_fit[perm]
         total = torch.zeros(len(ids), dtype=torch.float64, device=device)
-        params = [p for b in blocks for p in b.params]
         for start in range(0, n_fit, batch):
             xb, yb = Xp[start : start + batch], yp[start : start + batch]
-            losses = torch.cat([pack_losses(b.forward(xb, train=True), yb, loss_name) for b in blocks])
+            out = [b.forward(xb, train=True) for b in blocks]
+            losses = pack_losses(torch.cat(out) if len(out) > 1 else out[0], yb, loss_name)
             # Trials share no parameter: the gradient of the sum is each trial's own gradient.
-            grads = torch.autograd.grad(losses.sum(), params)
-            opt.step(blocks, grads)
+            opt.step(torch.autograd.grad(losses.sum(), opt.params))
             losses = losses.detach()
             total += losses.double() * xb.shape[0]
             if on_step is not None:

@@ -30,7 +30,8 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 
 class StackedOptimizer:
-    """Optimizer state lives in each block's ``opt_state`` (so a block can drop trials)."""
+    """Optimizer state lives in each block's ``opt_state`` (so a block can drop trials);
+    ``bind`` gathers the pack's flat lists again after blocks changed."""
 
     def __init__(self, kind: str, blocks: list[Block]) -> None:
         if kind not in ("sgd", "momentum", "adam", "adamw"):
@@ -40,6 +41,7 @@ class StackedOptimizer:
         self.weight_decay = any(c.weight_decay != 0 for b in blocks for c in b.cfgs)
         for b in blocks:
             self._init_block(b)
+        self.bind(blocks)
 
     def _init_block(self, b: Block) -> None:
         p0 = b.params[0]
@@ -61,52 +63,68 @@ class StackedOptimizer:
             st["exp_avg"] = [torch.zeros_like(p) for p in b.params]
             st["exp_avg_sq"] = [torch.zeros_like(p) for p in b.params]
 
-    @staticmethod
-    def _per_param(blocks: list[Block], key: str) -> list[torch.Tensor]:
-        """A block-level ``[K,1,1]`` tensor repeated for each of its parameters."""
-        return [b.opt_state[key][0] for b in blocks for _ in b.params]
+    def bind(self, blocks: list[Block]) -> None:
+        """Flat lists over the pack's blocks (after construction and after trials left)."""
+        self.blocks = blocks
+        self.params = [p for b in blocks for p in b.params]
+        keys = {k for b in blocks for k in b.opt_state}
+        self.state = {k: [t for b in blocks for t in b.opt_state[k]] for k in keys & _PER_PARAM}
+        # A block-level [K,1,1] tensor repeated for each of the block's parameters.
+        self.hyper = {k: [b.opt_state[k][0] for b in blocks for _ in b.params] for k in keys & _PER_TRIAL}
+        self.lr = torch.cat([b.opt_state["lr"][0] for b in blocks]) if blocks else None
+        self.rows = [(b.K, len(b.params)) for b in blocks]
+        if self.params:
+            p0 = self.params[0]
+            self.eps = torch.full((), EPS, dtype=p0.dtype, device=p0.device)
 
     @torch.no_grad()
-    def step(self, blocks: list[Block], grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> None:
+    def step(self, grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> None:
         self.steps += 1
-        params = [p for b in blocks for p in b.params]
+        params = self.params
         grads = list(grads)
         if self.kind in ("sgd", "momentum"):
             if self.weight_decay:
-                grads = torch._foreach_addcmul(grads, params, self._per_param(blocks, "wd"))
+                grads = torch._foreach_addcmul(grads, params, self.hyper["wd"])
             if self.kind == "momentum":
                 if self.steps == 1:
                     it = iter(grads)
-                    for b in blocks:
+                    for b in self.blocks:
                         b.opt_state["buf"] = [next(it).clone() for _ in b.params]
+                    self.state["buf"] = [t for b in self.blocks for t in b.opt_state["buf"]]
                 else:
-                    bufs = [t for b in blocks for t in b.opt_state["buf"]]
-                    torch._foreach_mul_(bufs, MOMENTUM)
-                    torch._foreach_add_(bufs, grads)  # dampening 0: add(grad, alpha=1)
-                grads = [t for b in blocks for t in b.opt_state["buf"]]
-            torch._foreach_addcmul_(params, grads, self._per_param(blocks, "neg_lr"))
+                    torch._foreach_mul_(self.state["buf"], MOMENTUM)
+                    torch._foreach_add_(self.state["buf"], grads)  # dampening 0: add(grad, alpha=1)
+                grads = self.state["buf"]
+            torch._foreach_addcmul_(params, grads, self.hyper["neg_lr"])
             return
 
         if self.weight_decay:
             if self.kind == "adamw":
-                torch._foreach_mul_(params, self._per_param(blocks, "decay"))
+                torch._foreach_mul_(params, self.hyper["decay"])
             else:
-                grads = torch._foreach_addcmul(grads, params, self._per_param(blocks, "wd"))
-        exp_avg = [t for b in blocks for t in b.opt_state["exp_avg"]]
-        exp_avg_sq = [t for b in blocks for t in b.opt_state["exp_avg_sq"]]
+                grads = torch._foreach_addcmul(grads, params, self.hyper["wd"])
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         torch._foreach_lerp_(exp_avg, grads, 1 - BETA1)
         torch._foreach_mul_(exp_avg_sq, BETA2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - BETA2)
         step = float(self.steps)
         bias_correction1 = 1 - BETA1**step
         bias_correction2_sqrt = (1 - BETA2**step) ** 0.5
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, EPS)
-        neg_step = []
-        for b in blocks:
-            s = (b.opt_state["lr"][0] / bias_correction1).neg_().to(params[0].dtype).view(-1, 1, 1)
-            neg_step += [s] * len(b.params)
-        update = torch._foreach_mul(exp_avg, neg_step)
-        torch._foreach_div_(update, denom)
-        torch._foreach_add_(params, update)
+        # denom = sqrt(v) / bc2_sqrt + eps, as addcdiv: eps + (1 * sqrt(v)) / bc2_sqrt rounds alike.
+        n = len(params)
+        bc2 = torch.full((), bias_correction2_sqrt, dtype=params[0].dtype, device=params[0].device)
+        denom = torch._foreach_addcdiv([self.eps] * n, torch._foreach_sqrt(exp_avg_sq), [bc2] * n)
+        # step_k = lr_k / bias_correction1 in float64 (as Python computes it), then the dtype.
+        neg_step = (self.lr / bias_correction1).neg_().to(params[0].dtype)
+        per_param: list[torch.Tensor] = []
+        start = 0
+        for k, n_params in self.rows:
+            per_param += [neg_step[start : start + k].view(-1, 1, 1)] * n_params
+            start += k
+        # param.addcdiv_(m, denom, value=-step): the kernel computes param + (-step * m) / denom.
+        torch._foreach_addcdiv_(params, torch._foreach_mul(exp_avg, per_param), denom)
+
+
+# Optimizer entries with one value per trial ([K,1,1]), and those with one tensor per parameter.
+_PER_TRIAL = {"wd", "neg_lr", "decay"}
+_PER_PARAM = {"exp_avg", "exp_avg_sq", "buf"}
