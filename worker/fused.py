@@ -266,7 +266,8 @@ def train_packs(
     """``train_pack`` over consecutive sub-packs that fit the device's memory (``budget``
     bytes; default half of what is free). When one still runs out of memory, its trials
     that have not finished are split in two and trained again from scratch (their
-    epochs are reported again: the API keeps the first report of each epoch)."""
+    epochs are reported again: the API keeps the first report of each epoch); a single
+    trial that does not fit ends ``failed`` and the others go on."""
     if not cfgs:
         return []
     loss = resolve_loss(cfgs[0].loss, data.task, data.n_classes)
@@ -296,10 +297,13 @@ def train_packs(
             train_pack([cfgs[i] for i in part], data, on_epoch=part_epoch, on_finish=part_finish, **kw)
         except Exception as exc:
             rest = [i for i in part if i not in results]
-            if not is_out_of_memory(exc) or len(rest) < 2:
+            if not is_out_of_memory(exc):
                 raise
             if data.device.type == "cuda":
                 torch.cuda.empty_cache()
+            if len(rest) == 1:  # one trial alone does not fit: it fails, the others go on
+                part_finish({0: TrialResult(status="failed", error=f"out of memory: {exc}"[:2000])}, rest)
+                continue
             half = len(rest) // 2
             queue[:0] = [rest[:half], rest[half:]]
     return [results[i] for i in range(len(cfgs))]
