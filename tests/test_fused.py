@@ -128,8 +128,8 @@ def test_float64_padded_widths_and_depths_match_reference(monkeypatch: pytest.Mo
             (a, arch) for a in ("sigmoid", "tanh", "gelu") for arch in archs
         )
     ]  # fmt: skip
-    assert len(plan_blocks(cfgs, 3, 1, mode="pad")) == 3  # one padded block per activation
-    results, steps = fused_steps(cfgs, data, mode="pad")
+    assert len(plan_blocks(cfgs, 3, 1, mode="pad_all")) == 3  # one padded block per activation
+    results, steps = fused_steps(cfgs, data, mode="pad_all")
     for i, c in enumerate(cfgs):
         ref_steps, ref = reference_steps(c, data, monkeypatch)
         assert_same_trial(steps[i], ref_steps)
@@ -326,7 +326,10 @@ def test_plan_blocks_groups_pads_and_merges_tiny_groups() -> None:
         list(range(16, 32)),
         list(range(32, 48)),
     ]
-    assert plan_blocks(cfgs, 16, 1, mode="pad") == [list(range(32)), list(range(32, 48))]
+    assert plan_blocks(cfgs, 16, 1, mode="pad_all") == [list(range(32)), list(range(32, 48))]
+    assert plan_blocks(cfgs, 16, 1, mode="pad") == [list(range(16)), list(range(16, 32)), list(range(32, 48))]
+    deep = [cfg_(layers=3, hidden_units=(32,) * 3, seed=s) for s in range(4)]
+    assert plan_blocks(big + deep, 16, 1, mode="pad") == [list(range(20))]  # same depth: widths padded
     # auto: padding 16 small trials to 3x128 costs more than a block; 16 unique tiny ones merge.
     assert sorted(map(sorted, plan_blocks(cfgs, 16, 1))) == [
         list(range(16)),

@@ -25,9 +25,10 @@ MAX_PACK_SIZE = 1024  # the API's claim limit
 # trials from others; a GPU needs many trials per step to leave its launch overhead behind.
 AUTO_PACK_SIZE = {"cpu": 64, "cuda": 512}
 # A block's fixed cost per step in FLOP-equivalents per batch row (dispatch time x
-# throughput / batch): ~0.1 ms at ~100 GFLOP/s on a CPU; ~0.2 ms of kernel launches
+# throughput / batch): ~0.15 ms at ~80 GFLOP/s on a CPU (measured); ~0.2 ms of kernel launches
 # at ~20 TFLOP/s on a GPU, which therefore merges (pads) far more eagerly.
-BLOCK_OVERHEAD_FLOPS_PER_ROW = {"cpu": 4e4, "cuda": 1.5e7}
+BLOCK_OVERHEAD_FLOPS_PER_ROW = {"cpu": 5e4, "cuda": 1.5e7}
+PACKING_MODES = ("auto", "group", "pad", "pad_all")
 
 
 def parse_pack_size(value: Any) -> int | None:
@@ -76,20 +77,21 @@ def plan_blocks(
     """Positions of ``cfgs`` grouped into blocks.
 
     ``group``: one block per exact architecture (activation, widths). ``pad``: one block
-    per activation. ``auto``: exact groups of one activation, in order of size, merged
-    while the padded block is estimated cheaper than the two apart.
+    per activation and depth (widths padded). ``pad_all``: one block per activation
+    (widths and depths padded). ``auto``: exact groups of one activation, in order of
+    depth and width, merged while the padded block is estimated cheaper than the two apart.
     """
-    if mode not in ("auto", "group", "pad"):
-        raise ValueError(f"unknown packing mode {mode!r} (use auto, group or pad)")
+    if mode not in PACKING_MODES:
+        raise ValueError(f"unknown packing mode {mode!r} (use one of {', '.join(PACKING_MODES)})")
     groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
     for i, c in enumerate(cfgs):
         groups.setdefault((c.activation, tuple(c.hidden_units)), []).append(i)
     if mode == "group":
         return list(groups.values())
-    by_act: dict[str, list[list[int]]] = {}
-    for (act, _), ids in groups.items():
-        by_act.setdefault(act, []).append(ids)
-    if mode == "pad":
+    by_act: dict[Any, list[list[int]]] = {}
+    for (act, widths), ids in groups.items():
+        by_act.setdefault((act, len(widths)) if mode == "pad" else act, []).append(ids)
+    if mode in ("pad", "pad_all"):
         return [list(itertools.chain.from_iterable(gs)) for gs in by_act.values()]
     device_type = getattr(device, "type", str(device).split(":")[0])
     overhead = BLOCK_OVERHEAD_FLOPS_PER_ROW.get(device_type, BLOCK_OVERHEAD_FLOPS_PER_ROW["cpu"])
