@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,3 +70,56 @@ def test_packed_worker_matches_one_by_one(
             assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-5)
     assert packed["best"]["config_index"] == single["best"]["config_index"]
     assert packed["best"]["test"]["test_loss"] == pytest.approx(single["best"]["test"]["test_loss"], rel=1e-5)
+
+
+LONG: dict[str, Any] = {
+    "name": "long",
+    "dataset": "friedman1",
+    "parameters": {
+        "layers": 2,
+        "hidden_units": 32,
+        "learning_rate": [0.001 * (i + 1) for i in range(12)],
+        "optimizer": "adam",
+        "batch_size": 64,
+        "epochs": 2000,
+    },
+    "seeds": [0],
+}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def epochs_done(server: Server, sid: int) -> list[int]:
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    return [t["epochs_done"] for t in page["items"]]
+
+
+@pytest.mark.slow
+def test_cancel_and_stop_reach_a_training_pack(
+    db_url: str, start_server: Callable[..., Server], start_worker: Callable[..., Any]
+) -> None:
+    server = start_server(db_url, heartbeat_seconds="1", lease_seconds="3")
+    # Cancel: every trial of the pack stops at its next epoch and ends canceled.
+    sid = server.http.post("/api/v1/sweeps", json=LONG).json()["id"]
+    worker = start_worker(server.url, "--pack-size", "16", "--exit-when-idle")
+    wait_for(lambda: min(epochs_done(server, sid)) >= 2)
+    assert server.http.post(f"/api/v1/sweeps/{sid}/cancel").status_code == 200
+    assert worker.wait(timeout=60) == 0
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    assert {t["status"] for t in page["items"]} == {"canceled"}
+    assert all(2 <= t["epochs_done"] < 2000 for t in page["items"])
+    assert server.http.get(f"/api/v1/sweeps/{sid}").json()["status"] == "canceled"
+
+    # SIGTERM: the worker ends its epoch and gives the whole pack back to the queue at once.
+    sid = server.http.post("/api/v1/sweeps", json=LONG).json()["id"]
+    worker = start_worker(server.url, "--pack-size", "16")
+    wait_for(lambda: min(epochs_done(server, sid)) >= 1)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    assert [(t["status"], t["attempt"]) for t in page["items"]] == [("queued", 0)] * 12

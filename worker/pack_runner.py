@@ -2,18 +2,22 @@
 
 One ``POST .../epochs`` per pack and epoch carries every trial's metrics; one
 ``POST .../complete`` carries the trials that leave the pack together (diverged,
-canceled, or done). The answers' ``lost``/``cancel`` states are applied per trial;
-the heartbeat thread keeps every held lease alive meanwhile.
+canceled, or done). A reporter thread sends them in order while training goes on:
+the answers' ``lost``/``cancel`` states are applied per trial as they arrive, and
+act at the next epoch end. The heartbeat thread keeps every held lease alive.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from worker.client import ApiError
 from worker.config import TrialConfig
 from worker.fused import train_packs
 from worker.train import EpochMetrics, TrialResult
@@ -35,6 +39,8 @@ def run_pack(w: Worker, claimed: list[dict[str, Any]]) -> int:
     Final trials (test evaluation, refit) take the reference path one by one: there
     are few of them and their test metrics then match ``--pack-size 1`` exactly.
     """
+    from worker.loop import Abandon  # the loop module imports this one
+
     singles = [c for c in claimed if c["evaluate_test"] or c["refit"]]
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in claimed:
@@ -44,7 +50,13 @@ def run_pack(w: Worker, claimed: list[dict[str, Any]]) -> int:
     for cs in groups.values():
         if w.stopping.is_set():
             return n  # the rest are released by Worker.run
-        n += _run_group(w, cs)
+        reporter = Reporter(w)
+        try:
+            _run_group(w, cs, reporter)
+        except Abandon:
+            pass  # the worker is stopping: Worker.run releases the unfinished trials
+        finally:
+            n += reporter.close()
     for c in singles:
         if w.stopping.is_set():
             break
@@ -52,35 +64,86 @@ def run_pack(w: Worker, claimed: list[dict[str, Any]]) -> int:
     return n
 
 
+class Reporter:
+    """Sends a pack's epoch reports and outcomes, in order, on a thread of its own."""
+
+    def __init__(self, w: Worker) -> None:
+        self.w = w
+        self.items: queue.Queue[tuple[str, list[dict[str, Any]]] | None] = queue.Queue()
+        self.accepted = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+        self.thread.start()
+
+    def epochs(self, reports: list[dict[str, Any]]) -> None:
+        self._put("epochs", reports)
+
+    def complete(self, outcomes: list[dict[str, Any]]) -> None:
+        for o in outcomes:
+            o.setdefault("device", self.w.device_name)
+        self._put("complete", outcomes)
+
+    def _put(self, kind: str, payload: list[dict[str, Any]]) -> None:
+        if self.error is not None:
+            raise self.error  # the API stayed unreachable: stop like the one-by-one path does
+        if payload:
+            self.items.put((kind, payload))
+
+    def close(self) -> int:
+        """Send what is queued; return how many outcomes were accepted."""
+        self.items.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.accepted
+
+    def _run(self) -> None:
+        w = self.w
+        while (item := self.items.get()) is not None:
+            if self.error is not None:
+                continue
+            kind, payload = item
+            try:
+                if kind == "epochs":
+                    w.held.apply(w.client.report_epochs(w.worker_id, payload))
+                    continue
+                started = time.monotonic()
+                states = w.client.complete(w.worker_id, payload)
+                for o in payload:
+                    w._forget(o["trial_id"])
+                self.accepted += sum(1 for o in payload if states.get(o["trial_id"]) == "ok")
+                log.info("%d trials reported (%.2fs)", len(payload), time.monotonic() - started)
+            except BaseException as exc:
+                self.error = exc
+
+
 def _ref(c: dict[str, Any]) -> dict[str, Any]:
     return {"trial_id": c["trial_id"], "lease_token": c["lease_token"]}
 
 
-def _run_group(w: Worker, claimed: list[dict[str, Any]]) -> int:
-    from worker.loop import Abandon, _finite  # the loop module imports this one
+def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> None:
+    from worker.loop import Abandon, _finite
 
-    accepted = 0
-    failed: list[dict[str, Any]] = []
     try:
         data = w.data.get(claimed[0]["dataset"], claimed[0]["split"])
     except Exception as exc:
         log.exception("loading %s failed", claimed[0]["dataset"])
-        return _complete(w, [{**_ref(c), "status": "failed", "error": failure_message(exc)} for c in claimed])
+        reporter.complete([{**_ref(c), "status": "failed", "error": failure_message(exc)} for c in claimed])
+        return
     trials: list[dict[str, Any]] = []
     cfgs: list[TrialConfig] = []
+    failed: list[dict[str, Any]] = []
     for c in claimed:
         try:
             cfgs.append(TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes))
             trials.append(c)
         except Exception as exc:  # one bad trial fails alone
             failed.append({**_ref(c), "status": "failed", "error": failure_message(exc)})
-    if failed:
-        accepted += _complete(w, failed)
+    reporter.complete(failed)
     finished: set[int] = set()
 
     def on_epoch(epoch: int, metrics: dict[int, EpochMetrics]) -> dict[int, str]:
-        reports = [{**_ref(trials[i]), **_finite(m.to_dict())} for i, m in metrics.items()]
-        w.held.apply(w.client.report_epochs(w.worker_id, reports))
+        reporter.epochs([{**_ref(trials[i]), **_finite(m.to_dict())} for i, m in metrics.items()])
         if w.stopping.is_set():
             raise Abandon
         answer: dict[int, str] = {}
@@ -94,7 +157,6 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]]) -> int:
         return answer
 
     def on_finish(results: dict[int, TrialResult]) -> None:
-        nonlocal accepted
         outcomes = []
         for i, r in results.items():
             finished.add(i)
@@ -102,43 +164,29 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]]) -> int:
                 log.warning("trial %s: lease lost, dropping it", trials[i]["trial_id"])
                 w._forget(trials[i]["trial_id"])
                 continue
+            metrics = _finite({**r.metrics, **(r.test_metrics or {})})
             outcomes.append(
                 {
                     **_ref(trials[i]),
-                    "device": w.device_name,
                     "status": r.status,
-                    "metrics": _finite({**r.metrics, **(r.test_metrics or {})}),
+                    "metrics": metrics,
                     "epochs_done": len(r.epochs),
                     "error": r.error,
                     "duration_seconds": r.duration_seconds,
                 }
             )
-        accepted += _complete(w, outcomes)
+        reporter.complete(outcomes)
 
     started = time.monotonic()
     try:
         train_packs(cfgs, data, on_epoch=on_epoch, on_finish=on_finish, allow_tf32=w.allow_tf32)
-    except Abandon:
-        return accepted  # unfinished trials are still held: Worker.run releases them
+    except (Abandon, ApiError):
+        raise
     except Exception as exc:
         log.exception("pack of %d trials failed", len(trials))
         msg = failure_message(exc)
-        rest = [
-            {**_ref(t), "status": "failed", "error": msg} for i, t in enumerate(trials) if i not in finished
-        ]
-        accepted += _complete(w, rest)
-        return accepted
-    log.info("pack of %d trials done in %.2fs", len(trials), time.monotonic() - started)
-    return accepted
-
-
-def _complete(w: Worker, outcomes: list[dict[str, Any]]) -> int:
-    """Report ``outcomes`` in one call; forget their trials; count those accepted."""
-    if not outcomes:
-        return 0
-    for o in outcomes:
-        o.setdefault("device", w.device_name)
-    states = w.client.complete(w.worker_id, outcomes)
-    for o in outcomes:
-        w._forget(o["trial_id"])
-    return sum(1 for o in outcomes if states.get(o["trial_id"]) == "ok")
+        reporter.complete(
+            [{**_ref(t), "status": "failed", "error": msg} for i, t in enumerate(trials) if i not in finished]
+        )
+        return
+    log.info("pack of %d trials trained in %.2fs", len(trials), time.monotonic() - started)
