@@ -125,15 +125,18 @@ def train_pack(
 
 @contextlib.contextmanager
 def _tf32(device: torch.device, allow: bool) -> Iterator[None]:
+    """TF32 matmuls on CUDA while the pack trains (restored after)."""
     if device.type != "cuda" or not allow:
         yield
         return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    matmul = torch.backends.cuda.matmul
+    attr, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, attr)
+    setattr(matmul, attr, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        setattr(matmul, attr, before)
 
 
 def _train_pack(

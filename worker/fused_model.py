@@ -28,9 +28,10 @@ ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": lambda x: F.elu_(x, 1.0),
     "silu": F.silu,
 }
-# Elements of one evaluation chunk ([K, rows, width]): like a training batch, it stays in cache
-# (a whole 5,000-row split does not: elementwise ops then run ~10x slower per element).
-EVAL_CHUNK_ELEMENTS = 1 << 19
+# Elements of one evaluation chunk ([K, rows, width]). On a CPU it stays in cache like a
+# training batch (a whole 5,000-row split does not: elementwise ops then run ~10x slower per
+# element); on a GPU it only bounds memory, since each chunk costs kernel launches.
+EVAL_CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}
 
 
 class SingleOutput(torch.autograd.Function):
@@ -224,7 +225,8 @@ def evaluate_block(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """All trials of ``block`` on ``(X, y)`` in eval mode: (loss [K] float64, accuracy [K] or None)."""
     n = X.shape[0]
-    rows = min(n, max(1, EVAL_CHUNK_ELEMENTS // (block.K * max(block.widths))))
+    budget = EVAL_CHUNK_ELEMENTS.get(X.device.type, EVAL_CHUNK_ELEMENTS["cpu"])
+    rows = min(n, max(1, budget // (block.K * max(block.widths))))
     total = torch.zeros(block.K, dtype=torch.float64, device=X.device)
     correct = torch.zeros_like(total) if task == "classification" else None
     for start in range(0, n, rows):
