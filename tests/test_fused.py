@@ -340,3 +340,19 @@ def test_plan_blocks_groups_pads_and_merges_tiny_groups() -> None:
     assert plan_blocks(unique, 16, 1) == [list(range(16))]
     with pytest.raises(ValueError, match="unknown packing mode"):
         plan_blocks(cfgs, 16, 1, mode="bogus")
+
+
+def test_pack_size_option() -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+    from worker.packing import auto_pack_size, parse_pack_size
+
+    assert parse_pack_size("auto") is None and parse_pack_size(None) is None
+    assert parse_pack_size("8") == 8 and parse_pack_size(1) == 1
+    for bad in ("0", "1025", "many"):
+        with pytest.raises(ValueError, match="pack size"):
+            parse_pack_size(bad)
+    assert auto_pack_size("cpu") == 64 and auto_pack_size("cuda") == 512
+    result = CliRunner().invoke(main, ["worker", "--pack-size", "0", "--server", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "pack size must be between 1 and 1024" in result.output
