@@ -25,6 +25,7 @@ from app.local import (
 )
 from app.logs import configure_logging
 from worker.client import ApiClient, ApiError
+from worker.packing import parse_pack_size
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -39,6 +40,14 @@ db_option = click.option(
     default=None,
     help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).",
 )
+
+
+def pack_size_option(value: str | int | None) -> int | None:
+    """``--pack-size``: an integer, or ``auto`` (None: the worker picks by device)."""
+    try:
+        return parse_pack_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 class Unreachable(click.ClickException):
@@ -115,15 +124,20 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool) -> None:
 @click.option("--name", default=None, help="Worker name (default: host-pid).")
 @click.option(
     "--pack-size",
-    default=1,
+    default="auto",
     show_default=True,
-    type=click.IntRange(1, 1024),
-    help="Trials claimed and trained at once.",
+    callback=lambda _ctx, _param, value: pack_size_option(value),
+    help="Trials claimed and trained at once (fused); 1 trains one by one; auto: 64 on CPU, 512 on CUDA.",
 )
 @click.option("--threads", default=None, type=int, help="torch CPU threads.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
 def worker(
-    server: str, device: str, name: str | None, pack_size: int, threads: int | None, exit_when_idle: bool
+    server: str,
+    device: str,
+    name: str | None,
+    pack_size: int | None,
+    threads: int | None,
+    exit_when_idle: bool,
 ) -> None:
     """Claim trials from the API and train them."""
     from worker.loop import Worker
@@ -138,6 +152,7 @@ def worker(
             threads=threads,
             exit_when=(lambda: True) if exit_when_idle else None,
             cache_dir=get_settings().data_cache_dir,
+            allow_tf32=get_settings().allow_tf32,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -215,11 +230,17 @@ def call_create(client: ApiClient, body: dict[str, Any], server: str) -> dict[st
 @db_option
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--pack-size", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--pack-size",
+    default="auto",
+    show_default=True,
+    callback=lambda _ctx, _param, value: pack_size_option(value),
+    help="Trials trained at once (fused); 1 trains one by one.",
+)
 @click.option("--top", default=10, show_default=True, help="Configs in the leaderboard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(
-    spec_file: str, db: str | None, workers: int, device: str, pack_size: int, top: int, as_json: bool
+    spec_file: str, db: str | None, workers: int, device: str, pack_size: int | None, top: int, as_json: bool
 ) -> None:
     """Run one sweep to the end locally (no separate server) and print the leaderboard."""
     from app.migrate import upgrade
@@ -252,7 +273,7 @@ def run(
                     "--device",
                     device,
                     "--pack-size",
-                    str(pack_size),
+                    str(pack_size or "auto"),
                     "--threads",
                     str(threads),
                 )
@@ -267,6 +288,7 @@ def run(
                 threads=threads,
                 exit_when=sweep_done,
                 cache_dir=settings.data_cache_dir,
+                allow_tf32=settings.allow_tf32,
             )
             w.install_signal_handlers()
             w.run()

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000", description="API URL the CLI and workers talk to (`--server`)."
     )
     token: SecretStr | None = Field(None, description="Bearer token the CLI and workers send (a secret).")
+    allow_tf32: bool = Field(
+        False, description="CUDA workers may use TF32 matmuls in fused packs (faster; ~1e-3 relative)."
+    )
 
 
 @lru_cache

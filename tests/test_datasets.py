@@ -28,7 +28,7 @@ def test_info_table_matches_generated_data(name: str) -> None:
 
 
 def test_expected_builtins_and_shapes() -> None:
-    assert set(BUILTIN_DATASETS) == {"moons", "circles", "friedman1", "digits", "diabetes"}
+    assert set(BUILTIN_DATASETS) == {"moons", "circles", "friedman1", "digits", "diabetes", "synthetic16"}
     assert (BUILTIN_DATASETS["digits"].n_features, BUILTIN_DATASETS["digits"].n_classes) == (64, 10)
     assert BUILTIN_DATASETS["friedman1"].n_rows == 2000
 

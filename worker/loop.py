@@ -27,6 +27,8 @@ from worker.client import ApiClient, ApiError
 from worker.config import TrialConfig
 from worker.data import DataCache
 from worker.handback import model_files, upload_model, versions
+from worker.pack_runner import run_pack
+from worker.packing import auto_pack_size, parse_pack_size
 from worker.train import EpochMetrics, select_device, train_trial
 from worker.uploaded import UploadedDatasets
 
@@ -82,18 +84,21 @@ class Worker:
         device: str = "auto",
         name: str | None = None,
         token: str | None = None,
-        pack_size: int = 1,
+        pack_size: int | str | None = 1,
         poll_seconds: float = 1.0,
         threads: int | None = None,
         exit_when: Callable[[], bool] | None = None,
         cache_dir: str | None = None,
+        allow_tf32: bool = False,
     ) -> None:
         self.client = ApiClient(server, token=token)
         self.hb_client = ApiClient(server, token=token)  # its own connection: used from another thread
         self.device = select_device(device)
         self.device_name = describe_device(self.device)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.pack_size = pack_size
+        # 1: the reference path, one trial at a time; more: fused packs; None/"auto": by device.
+        self.pack_size = parse_pack_size(pack_size) or auto_pack_size(self.device.type)
+        self.allow_tf32 = allow_tf32
         self.poll_seconds = poll_seconds
         self.exit_when = exit_when
         self.uploads = UploadedDatasets(self.client, cache_dir)
@@ -177,6 +182,8 @@ class Worker:
         with self.held.lock:
             for c in claimed:
                 self.held.leases[c["trial_id"]] = c["lease_token"]
+        if self.pack_size > 1:
+            return run_pack(self, claimed)
         n = 0
         for c in claimed:
             if self.stopping.is_set():

@@ -1,0 +1,136 @@
+"""Service overhead: the benchmark grid as a sweep through ``gridsweep run`` vs the engine alone.
+
+Prints its figures; it is not a test. In one process, one after another:
+
+  engine   worker.fused.train_packs over the grid, in claim order, in packs of the
+           worker's default size (what a worker does, without store or HTTP), then the
+           best config retrained once on the reference path (the sweep's final trial);
+  service  ``gridsweep run`` on a fresh SQLite store (in-process API + one worker,
+           default pack size) as a child process: its wall time, and the sweep's own
+           span from ``created_at`` to ``finished_at`` (store, HTTP, reporting included;
+           interpreter start-up and imports excluded).
+
+    python bench/service.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fused import grid, load, machine  # noqa: E402
+
+from worker.fused import train_packs  # noqa: E402
+from worker.packing import auto_pack_size  # noqa: E402
+from worker.train import train_trial  # noqa: E402
+
+
+def spec(quick: bool) -> dict:
+    lrs = sorted({c.learning_rate for c in grid(quick)})
+    return {
+        "name": "bench-synthetic16",
+        "dataset": "synthetic16",
+        "parameters": {
+            "layers": [1, 2, 3],
+            "hidden_units": [32, 128],
+            "activation": ["relu", "tanh"],
+            "learning_rate": lrs,
+            "optimizer": "adam",
+            "batch_size": 256,
+            "epochs": 5,
+            "loss": "mse",
+        },
+        "seeds": [0],
+        "split": {"validation": 1 / 6, "test": 1 / 6, "seed": 0},
+    }
+
+
+def engine(quick: bool) -> tuple[float, float, list[float]]:
+    cfgs, data, pack = grid(quick), load(), auto_pack_size("cpu")
+    train_packs(cfgs[:2], data)  # warm-up, as a running worker would be
+    t = time.perf_counter()
+    vals = [
+        r.metrics["val_loss"]
+        for s in range(0, len(cfgs), pack)
+        for r in train_packs(cfgs[s : s + pack], data)
+    ]
+    grid_s = time.perf_counter() - t
+    best = cfgs[int(np.argmin(vals))]
+    train_trial(best, data, evaluate_test=True)
+    return grid_s, time.perf_counter() - t, vals
+
+
+def service(quick: bool) -> tuple[float, float, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec(quick)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDSWEEP_")}
+        env["PYTHONPATH"] = str(ROOT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "run",
+            str(path),
+            "--db",
+            f"sqlite:///{tmp}/bench.db",
+            "--json",
+        ]
+        t = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t
+    if done.returncode != 0:
+        sys.exit(f"gridsweep run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout)
+    sweep = result["sweep"]
+    span = (
+        datetime.fromisoformat(sweep["finished_at"]) - datetime.fromisoformat(sweep["created_at"])
+    ).total_seconds()
+    return wall, span, result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="48 configs (every 4th learning rate)")
+    args = ap.parse_args()
+    n = len(grid(args.quick))
+    print(f"machine: {machine()}")
+    print(f"grid: {n} configs (+1 final retrain of the best config), packs of {auto_pack_size('cpu')}")
+    grid_s, engine_s, vals = engine(args.quick)
+    print(
+        f"  engine: grid {grid_s:.1f} s ({n / grid_s:.2f} trials/s); with the final retrain {engine_s:.1f} s"
+    )
+    wall, span, result = service(args.quick)
+    print(
+        f"  gridsweep run: sweep span {span:.1f} s; "
+        f"whole command {wall:.1f} s (with start-up, imports, migrations)"
+    )
+    print(f"  sweep span / engine (grid + final) = {span / engine_s:.2f}   (target <= 1.2)")
+    print(f"  sweep span / engine (grid only)    = {span / grid_s:.2f}")
+    print(f"  whole command / engine (grid + final) = {wall / engine_s:.2f}")
+    best = result["best"]
+    print(
+        f"  best config (service): config {best['config_index']} {json.dumps(best['params'], sort_keys=True)}"
+    )
+    print(
+        f"  best config (engine): config {int(np.argmin(vals))}; val loss {min(vals):.5f} (engine), "
+        f"{best['validation'].get('mean')} (service)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""A real server and real workers: a sweep trained in packs of 8 equals the same sweep one by one."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server
+
+SPEC: dict[str, Any] = {
+    "name": "packed",
+    "dataset": "friedman1",
+    "parameters": {
+        "layers": [1, 2],
+        "hidden_units": [8, 16],
+        "activation": ["relu", "tanh"],
+        "learning_rate": [0.01, 0.05, 3.0],  # 3.0 diverges
+        "optimizer": "sgd",
+        "batch_size": 64,
+        "epochs": 3,
+    },
+    "seeds": [0],
+}
+
+
+def run_sweep(server: Server, start_worker: Callable[..., Any], pack_size: str) -> tuple[dict, list[dict]]:
+    created = server.http.post("/api/v1/sweeps", json=SPEC)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    worker = start_worker(server.url, "--pack-size", pack_size, "--exit-when-idle")
+    assert worker.wait(timeout=240) == 0
+    sweep = server.http.get(f"/api/v1/sweeps/{sid}").json()
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    trials = sorted(page["items"], key=lambda t: (t["config_index"], t["seed"]))
+    return sweep, trials
+
+
+@pytest.mark.slow
+def test_packed_worker_matches_one_by_one(
+    db_url: str, start_server: Callable[..., Server], start_worker: Callable[..., Any]
+) -> None:
+    server = start_server(db_url)
+    packed, packed_trials = run_sweep(server, start_worker, "8")
+    single, single_trials = run_sweep(server, start_worker, "1")
+    assert packed["status"] == single["status"] == "succeeded"
+    assert len(packed_trials) == len(single_trials) == 24
+
+    # Claims of 8: the trials of one claim share their start time; one by one, no two do.
+    starts = [t["started_at"] for t in packed_trials]
+    assert [len(set(starts[i : i + 8])) for i in range(0, 24, 8)] == [1, 1, 1]
+    assert len({t["started_at"] for t in single_trials}) == 24
+
+    for a, b in zip(packed_trials, single_trials, strict=True):
+        assert (a["config_index"], a["status"]) == (b["config_index"], b["status"])
+        if a["params"]["learning_rate"] == 3.0:
+            assert a["status"] == "diverged" and "loss became" in a["error"]
+            continue
+        assert a["status"] == "succeeded" and a["epochs_done"] == 3
+        for key in ("train_loss", "val_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+        # Per-epoch curves were reported (batched) for every trial of the pack.
+        ea = server.http.get(f"/api/v1/trials/{a['id']}").json()["epochs"]
+        eb = server.http.get(f"/api/v1/trials/{b['id']}").json()["epochs"]
+        assert [e["epoch"] for e in ea] == [1, 2, 3]
+        for x, y in zip(ea, eb, strict=True):
+            assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-5)
+    assert packed["best"]["config_index"] == single["best"]["config_index"]
+    assert packed["best"]["test"]["test_loss"] == pytest.approx(single["best"]["test"]["test_loss"], rel=1e-5)
+
+
+LONG: dict[str, Any] = {
+    "name": "long",
+    "dataset": "friedman1",
+    "parameters": {
+        "layers": 2,
+        "hidden_units": 32,
+        "learning_rate": [0.001 * (i + 1) for i in range(12)],
+        "optimizer": "adam",
+        "batch_size": 64,
+        "epochs": 2000,
+    },
+    "seeds": [0],
+}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def epochs_done(server: Server, sid: int) -> list[int]:
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    return [t["epochs_done"] for t in page["items"]]
+
+
+@pytest.mark.slow
+def test_cancel_and_stop_reach_a_training_pack(
+    db_url: str, start_server: Callable[..., Server], start_worker: Callable[..., Any]
+) -> None:
+    server = start_server(db_url, heartbeat_seconds="1", lease_seconds="3")
+    # Cancel: every trial of the pack stops at its next epoch and ends canceled.
+    sid = server.http.post("/api/v1/sweeps", json=LONG).json()["id"]
+    worker = start_worker(server.url, "--pack-size", "16", "--exit-when-idle")
+    wait_for(lambda: min(epochs_done(server, sid)) >= 2)
+    assert server.http.post(f"/api/v1/sweeps/{sid}/cancel").status_code == 200
+    assert worker.wait(timeout=60) == 0
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    assert {t["status"] for t in page["items"]} == {"canceled"}
+    assert all(2 <= t["epochs_done"] < 2000 for t in page["items"])
+    assert server.http.get(f"/api/v1/sweeps/{sid}").json()["status"] == "canceled"
+
+    # SIGTERM: the worker ends its epoch and gives the whole pack back to the queue at once.
+    sid = server.http.post("/api/v1/sweeps", json=LONG).json()["id"]
+    worker = start_worker(server.url, "--pack-size", "16")
+    wait_for(lambda: min(epochs_done(server, sid)) >= 1)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
+    assert [(t["status"], t["attempt"]) for t in page["items"]] == [("queued", 0)] * 12

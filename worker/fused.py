@@ -1,0 +1,312 @@
+"""Fused training: the trials of a pack trained at once, as stacked MLPs.
+
+Pure: torch + worker.config/train/packing; no database or HTTP.
+
+A *block* holds trials of one activation with their weights stacked per layer
+(``W [K, in, out]``, ``b [K, 1, out]``) and runs them with batched matmuls. A pack
+is one or more blocks trained in lockstep: every trial sees the same minibatch,
+one backward pass runs over the sum of the per-trial losses (trials share no
+parameter, so each gets exactly its own gradient) and one optimizer step updates
+every stacked tensor, with per-trial learning rate and weight decay as
+``[K, 1, 1]`` tensors. Small steps cost mostly Python and dispatch time, which
+this pays once per pack instead of once per trial.
+
+Exactness (what makes a packed trial the same function as ``train_trial``):
+
+* Init: each trial draws from its own generator, in the reference order, at its
+  TRUE fan-in; padded entries are zero.
+* Batches: ``epoch_permutation(split_seed, epoch)``, the same for every trial.
+* Dropout: each trial's masks come from its own generator, drawn at its true width
+  and only in its true layers, in forward order (``BlockDropout``).
+* Optimizer: the elementwise ops of torch.optim's ``foreach=False`` path in the
+  same order; ``add(alpha=a)`` becomes ``addcmul(.., a_k)`` and ``addcdiv(value=-s)``
+  becomes ``(m * -s_k) / denom`` then ``add``, which round the same on CPU.
+* Only the matmul summation order (bmm vs mm) and loss reductions may differ:
+  float64 agrees to ~1e-12, float32 to round-off.
+
+Padding (trials of different widths/depths in one block): hidden widths are
+padded with zero weights, so a padded unit's pre-activation is exactly 0 and,
+since act(0) = 0 for every activation but sigmoid (which gets a unit mask), it
+stays 0 and its gradient is 0; layers beyond a trial's depth pass ``h`` through
+(``torch.where``), so their zero weights get zero gradient. Adam/SGD map a zero
+gradient on a zero weight to zero: padded entries stay exactly zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from worker.config import TrialConfig, resolve_loss
+from worker.fused_model import Block, evaluate_block, pack_losses
+from worker.fused_opt import StackedOptimizer
+from worker.packing import memory_budget, plan_blocks, split_for_memory
+from worker.train import (
+    EpochMetrics,
+    TensorSplit,
+    TrialResult,
+    _final_metrics,
+    epoch_permutation,
+    n_outputs_for,
+)
+
+OnEpoch = Callable[[int, dict[int, EpochMetrics]], Mapping[int, str] | None]
+OnFinish = Callable[[dict[int, TrialResult]], None]
+OnStep = Callable[[int, list[int], torch.Tensor], None]
+
+
+def _check_pack(cfgs: Sequence[TrialConfig], data: TensorSplit) -> str:
+    """Validate that ``cfgs`` may share a pack; return the concrete loss."""
+    first = cfgs[0]
+    loss = resolve_loss(first.loss, data.task, data.n_classes)
+    for c in cfgs:
+        shared = (c.batch_size, c.epochs, c.optimizer, resolve_loss(c.loss, data.task, data.n_classes))
+        if shared != (first.batch_size, first.epochs, first.optimizer, loss):
+            raise ValueError(
+                "trials of a pack must share batch_size, epochs, optimizer and loss; got "
+                f"{shared} and {(first.batch_size, first.epochs, first.optimizer, loss)}"
+            )
+        if len(c.hidden_units) != c.layers:
+            raise ValueError(
+                f"hidden_units {list(c.hidden_units)} has {len(c.hidden_units)} widths for {c.layers} layers"
+            )
+        if not 0.0 <= c.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
+    if first.epochs < 1 or first.batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {first.epochs} and {first.batch_size}")
+    return loss
+
+
+def train_pack(
+    cfgs: Sequence[TrialConfig],
+    data: TensorSplit,
+    *,
+    on_epoch: OnEpoch | None = None,
+    on_finish: OnFinish | None = None,
+    evaluate_test: bool = False,
+    train_on_validation: bool = False,
+    mode: str = "auto",
+    keep_models: bool = False,
+    allow_tf32: bool = False,
+    on_step: OnStep | None = None,
+) -> list[TrialResult]:
+    """Train every config of ``cfgs`` at once; the results are in the order of ``cfgs``.
+
+    Each trial ends as ``train_trial`` would end it alone (same statuses, errors, epochs
+    and metrics). Callbacks, with ``i`` a position in ``cfgs``:
+
+    * ``on_epoch(epoch, {i: EpochMetrics})`` after each epoch, for the trials still
+      training with finite losses (one call for the whole pack, so the caller can
+      report them in one request); it may answer ``{i: "cancel"}`` (the trial ends
+      ``canceled``, that epoch kept) or ``{i: "drop"}`` (it ends ``dropped``: the caller
+      has lost it). An exception raised there aborts the whole pack.
+    * ``on_finish({i: TrialResult})`` as soon as trials leave the pack (diverged,
+      canceled, dropped, or done), so results can be reported while the rest train.
+    * ``on_step(epoch, [i...], losses)`` after every step (tests: per-step losses).
+
+    A trial's ``duration_seconds`` is its share of the pack's wall time (each epoch's
+    time split evenly among the trials that trained in it). ``mode`` chooses blocks:
+    ``group`` (exact architecture), ``pad`` (widths/depths padded) or ``auto``.
+    ``allow_tf32`` lets CUDA matmuls use TF32 (faster, but ~1e-3 relative: float32
+    results then no longer agree with the reference path to round-off).
+    """
+    if not cfgs:
+        return []
+    with _tf32(data.device, allow_tf32):
+        return _train_pack(
+            cfgs, data, on_epoch, on_finish, evaluate_test, train_on_validation, mode, keep_models, on_step
+        )
+
+
+@contextlib.contextmanager
+def _tf32(device: torch.device, allow: bool) -> Iterator[None]:
+    """TF32 matmuls on CUDA while the pack trains (restored after)."""
+    if device.type != "cuda" or not allow:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    attr, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, attr)
+    setattr(matmul, attr, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, attr, before)
+
+
+def _train_pack(
+    cfgs: Sequence[TrialConfig],
+    data: TensorSplit,
+    on_epoch: OnEpoch | None,
+    on_finish: OnFinish | None,
+    evaluate_test: bool,
+    train_on_validation: bool,
+    mode: str,
+    keep_models: bool,
+    on_step: OnStep | None,
+) -> list[TrialResult]:
+    t0 = time.perf_counter()
+    loss_name = _check_pack(cfgs, data)
+    first = cfgs[0]
+    device, dtype = data.device, data.dtype
+    n_out = n_outputs_for(loss_name, data.n_classes)
+    plan = plan_blocks(cfgs, data.n_features, n_out, mode=mode, device=device)
+    blocks = [Block([cfgs[i] for i in ids], ids, data.n_features, n_out, dtype, device) for ids in plan]
+    opt = StackedOptimizer(first.optimizer, blocks)
+
+    X_fit, y_fit = data.X_train, data.y_train
+    if train_on_validation:
+        X_fit, y_fit = torch.cat([data.X_train, data.X_val]), torch.cat([data.y_train, data.y_val])
+    n_fit, batch = X_fit.shape[0], first.batch_size
+
+    history: list[list[EpochMetrics]] = [[] for _ in cfgs]
+    busy = [(time.perf_counter() - t0) / len(cfgs)] * len(cfgs)
+    results: dict[int, TrialResult] = {}
+
+    def leave(out: dict[int, tuple[str, str | None]], last: bool) -> None:
+        """Finish the trials in ``out`` ({i: (status, error)}) and take them out of the pack."""
+        nonlocal blocks
+        done: dict[int, TrialResult] = {}
+        for blk in blocks:
+            gone = [j for j, i in enumerate(blk.ids) if i in out]
+            test = None
+            if evaluate_test and last and any(out[blk.ids[j]][0] == "succeeded" for j in gone):
+                test = evaluate_block(blk, data.X_test, data.y_test, loss_name, data.task)
+            for j in gone:
+                i = blk.ids[j]
+                status, error = out[i]
+                eps = history[i]
+                r = TrialResult(status=status, epochs=eps, error=error, duration_seconds=busy[i])
+                r.metrics = _final_metrics(eps[-1]) if eps else {}
+                if keep_models and status in ("succeeded", "canceled"):
+                    r.model = blk.model(j, data.n_features, n_out)
+                if test is not None and status == "succeeded":
+                    tm = {"loss": float(test[0][j])}
+                    if test[1] is not None:
+                        tm["accuracy"] = float(test[1][j])
+                        tm["error"] = 1.0 - tm["accuracy"]
+                    r.test_metrics = {f"test_{k}": v for k, v in tm.items()}
+                done[i] = r
+            if gone:
+                blk.keep([j for j in range(blk.K) if blk.ids[j] not in out])
+        blocks = [b for b in blocks if b.K > 0]
+        opt.bind(blocks)
+        results.update(done)
+        if on_finish is not None and done:
+            on_finish(done)
+
+    for epoch in range(1, first.epochs + 1):
+        te = time.perf_counter()
+        ids = [i for b in blocks for i in b.ids]
+        perm = epoch_permutation(n_fit, data.split_seed, epoch).to(device)
+        # One gather per epoch; each batch is then a contiguous slice (same rows as X_fit[idx]).
+        Xp, yp = X_fit[perm], y_fit[perm]
+        total = torch.zeros(len(ids), dtype=torch.float64, device=device)
+        for start in range(0, n_fit, batch):
+            xb, yb = Xp[start : start + batch], yp[start : start + batch]
+            out = [b.forward(xb, train=True) for b in blocks]
+            losses = pack_losses(torch.cat(out) if len(out) > 1 else out[0], yb, loss_name)
+            # Trials share no parameter: the gradient of the sum is each trial's own gradient.
+            opt.step(torch.autograd.grad(losses.sum(), opt.params))
+            losses = losses.detach()
+            total += losses.double() * xb.shape[0]
+            if on_step is not None:
+                on_step(epoch, ids, losses)
+        train_loss = (total / n_fit).tolist()
+        evals = [evaluate_block(b, data.X_val, data.y_val, loss_name, data.task) for b in blocks]
+        val_loss = torch.cat([e[0] for e in evals]).tolist()
+        acc = torch.cat([e[1] for e in evals]).tolist() if data.task == "classification" else None
+        share = (time.perf_counter() - te) / len(ids)
+
+        out: dict[int, tuple[str, str | None]] = {}
+        fine: dict[int, EpochMetrics] = {}
+        for j, i in enumerate(ids):
+            busy[i] += share
+            a = None if acc is None else acc[j]
+            m = EpochMetrics(epoch, train_loss[j], val_loss[j], None if a is None else 1.0 - a, a)
+            history[i].append(m)
+            bad = [(w, v) for w, v in (("train", m.train_loss), ("val", m.val_loss)) if not math.isfinite(v)]
+            if bad:
+                out[i] = ("diverged", f"{bad[0][0]} loss became {bad[0][1]} in epoch {epoch}")
+            else:
+                fine[i] = m
+        if on_epoch is not None and fine:
+            for i, decision in (on_epoch(epoch, fine) or {}).items():
+                if decision not in ("cancel", "drop"):
+                    raise ValueError(f"on_epoch answered {decision!r} for trial {i} (use cancel or drop)")
+                out[i] = ("canceled", None) if decision == "cancel" else ("dropped", None)
+        last = epoch == first.epochs
+        if last:
+            out.update({i: ("succeeded", None) for i in ids if i not in out})
+        if out:
+            leave(out, last)
+        if not blocks:
+            break
+    return [results[i] for i in range(len(cfgs))]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if torch.cuda.is_available() and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def train_packs(
+    cfgs: Sequence[TrialConfig],
+    data: TensorSplit,
+    *,
+    budget: int | None = None,
+    on_epoch: OnEpoch | None = None,
+    on_finish: OnFinish | None = None,
+    **kw: Any,
+) -> list[TrialResult]:
+    """``train_pack`` over consecutive sub-packs that fit the device's memory (``budget``
+    bytes; default half of what is free). When one still runs out of memory, its trials
+    that have not finished are split in two and trained again from scratch (their
+    epochs are reported again: the API keeps the first report of each epoch); a single
+    trial that does not fit ends ``failed`` and the others go on."""
+    if not cfgs:
+        return []
+    loss = resolve_loss(cfgs[0].loss, data.task, data.n_classes)
+    n_out = n_outputs_for(loss, data.n_classes)
+    if budget is None:
+        budget = memory_budget(data.device)
+    itemsize = torch.empty((), dtype=data.dtype).element_size()
+    queue = split_for_memory(cfgs, data.n_features, n_out, budget, itemsize)
+    results: dict[int, TrialResult] = {}
+    while queue:
+        part = queue.pop(0)
+
+        def part_epoch(epoch: int, ms: dict[int, EpochMetrics], part: list[int] = part) -> Mapping[int, str]:
+            if on_epoch is None:
+                return {}
+            answer = on_epoch(epoch, {part[j]: m for j, m in ms.items()}) or {}
+            back = {i: j for j, i in enumerate(part)}
+            return {back[i]: d for i, d in answer.items()}
+
+        def part_finish(done: dict[int, TrialResult], part: list[int] = part) -> None:
+            mapped = {part[j]: r for j, r in done.items()}
+            results.update(mapped)
+            if on_finish is not None:
+                on_finish(mapped)
+
+        try:
+            train_pack([cfgs[i] for i in part], data, on_epoch=part_epoch, on_finish=part_finish, **kw)
+        except Exception as exc:
+            rest = [i for i in part if i not in results]
+            if not is_out_of_memory(exc):
+                raise
+            if data.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(rest) == 1:  # one trial alone does not fit: it fails, the others go on
+                part_finish({0: TrialResult(status="failed", error=f"out of memory: {exc}"[:2000])}, rest)
+                continue
+            half = len(rest) // 2
+            queue[:0] = [rest[:half], rest[half:]]
+    return [results[i] for i in range(len(cfgs))]

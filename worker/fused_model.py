@@ -1,0 +1,241 @@
+"""Stacked MLPs for fused training: a block of trials, their dropout, losses and evaluation.
+
+Pure: torch + worker.train helpers. See worker/fused.py for the exactness rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from worker.config import TrialConfig
+from worker.packing import padded_widths
+from worker.train import DROPOUT_SEED_OFFSET, build_model, init_linear_params
+
+# Applied in place on the fresh pre-activation (the matmul does not keep it for backward):
+# the same kernels as the reference's modules, one allocation less. gelu and silu need
+# their input for backward, so they get a new tensor.
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "gelu": F.gelu,
+    "leaky_relu": lambda x: F.leaky_relu_(x, 0.01),
+    "elu": lambda x: F.elu_(x, 1.0),
+    "silu": F.silu,
+}
+# Elements of one evaluation chunk ([K, rows, width]). On a CPU it stays in cache like a
+# training batch (a whole 5,000-row split does not: elementwise ops then run ~10x slower per
+# element); on a GPU it only bounds memory, since each chunk costs kernel launches.
+EVAL_CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}
+
+
+class SingleOutput(torch.autograd.Function):
+    """``h @ w + b`` for a one-unit output layer (regression, bce): ``h [K,n,H]``, ``w [K,H,1]``.
+
+    A batched matrix-vector product is several times slower on a CPU, forward and
+    backward, than a broadcast multiply with a row sum (forward), a broadcast multiply
+    (input gradient) and a row-vector product (weight gradient).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return (h * w.transpose(1, 2)).sum(dim=-1, keepdim=True) + b
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        h, w = ctx.saved_tensors
+        grad_h = grad * w.transpose(1, 2) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), h).transpose(1, 2)
+        return grad_h, grad_w, grad.sum(dim=1, keepdim=True)
+
+
+class BlockDropout:
+    """Per-trial inverted dropout: masks from each trial's own generator at its true width."""
+
+    def __init__(
+        self, cfgs: Sequence[TrialConfig], widths: list[int], dtype: torch.dtype, device: torch.device
+    ):
+        self.p = [c.dropout for c in cfgs]
+        self.gens = [
+            torch.Generator(device=device).manual_seed(c.seed + DROPOUT_SEED_OFFSET)
+            if c.dropout > 0
+            else None
+            for c in cfgs
+        ]
+        # True width of each trial at each padded layer (0: the layer is not the trial's).
+        self.true_w = [[c.hidden_units[i] if i < c.layers else 0 for i in range(len(widths))] for c in cfgs]
+        # The reference multiplies by the Python float 1/(1-p), which the kernel rounds to the dtype.
+        self.scale = torch.tensor([1.0 / (1.0 - p) for p in self.p], dtype=torch.float64)
+        self.scale = self.scale.to(dtype=dtype, device=device).view(-1, 1, 1)
+
+    def keep(self, kept: list[int]) -> None:
+        self.p = [self.p[i] for i in kept]
+        self.gens = [self.gens[i] for i in kept]
+        self.true_w = [self.true_w[i] for i in kept]
+        self.scale = self.scale[kept]
+
+    def __call__(self, a: torch.Tensor, layer: int) -> torch.Tensor:
+        mask = torch.ones_like(a)
+        rows = a.shape[1]
+        for k, g in enumerate(self.gens):
+            w = self.true_w[k][layer]
+            if g is None or w == 0:
+                continue
+            draw = torch.rand((rows, w), generator=g, device=a.device, dtype=torch.float32)
+            mask[k, :, :w] = draw >= self.p[k]
+        return (a * mask) * self.scale
+
+
+class Block:
+    """Trials of one activation, weights stacked per layer; widths/depths padded to the largest."""
+
+    def __init__(
+        self,
+        cfgs: Sequence[TrialConfig],
+        ids: list[int],
+        n_features: int,
+        n_outputs: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        acts = {c.activation for c in cfgs}
+        if len(acts) != 1:
+            raise ValueError(f"a block needs one activation, got {sorted(acts)}")
+        self.ids = list(ids)
+        self.cfgs = list(cfgs)
+        self.act_name = cfgs[0].activation
+        self.act = ACTIVATION_FNS[self.act_name]
+        widths = padded_widths(cfgs)
+        depth = len(widths)
+        self.depth, self.widths = depth, widths
+        dims = [n_features, *widths, n_outputs]
+        K = len(cfgs)
+        Ws = [torch.zeros(K, i, o, dtype=torch.float64) for i, o in itertools.pairwise(dims)]
+        bs = [torch.zeros(K, 1, o, dtype=torch.float64) for o in dims[1:]]
+        for k, c in enumerate(cfgs):
+            g = torch.Generator().manual_seed(c.seed)  # the trial's own init stream, as build_model
+            true_dims = [n_features, *c.hidden_units, n_outputs]
+            slots = [*range(c.layers), depth]  # the output layer is always the last slot
+            for slot, (fan_in, fan_out) in zip(slots, itertools.pairwise(true_dims), strict=True):
+                w, b = init_linear_params(g, fan_in, fan_out)
+                Ws[slot][k, :fan_in, :fan_out] = w
+                bs[slot][k, 0, :fan_out] = b
+        self.params = [
+            t.to(device=device, dtype=dtype).requires_grad_()
+            for pair in zip(Ws, bs, strict=True)
+            for t in pair
+        ]
+        self.depth_mask: list[torch.Tensor | None] = []  # per hidden layer: [K,1,1] True = the trial's layer
+        self.unit_mask: list[torch.Tensor | None] = []  # per hidden layer: [K,1,w] for sigmoid when padded
+        for layer in range(depth):
+            on = [c.layers > layer for c in cfgs]
+            self.depth_mask.append(None if all(on) else torch.tensor(on, device=device).view(K, 1, 1))
+            true_w = [c.hidden_units[layer] if c.layers > layer else widths[layer] for c in cfgs]
+            if self.act_name == "sigmoid" and min(true_w) < widths[layer]:
+                m = torch.zeros(K, 1, widths[layer], dtype=dtype)
+                for k, w in enumerate(true_w):
+                    m[k, 0, :w] = 1
+                self.unit_mask.append(m.to(device))
+            else:
+                self.unit_mask.append(None)
+        self.dropout = BlockDropout(cfgs, widths, dtype, device) if any(c.dropout > 0 for c in cfgs) else None
+        self.opt_state: dict[str, list[torch.Tensor]] = {}  # owned by StackedOptimizer
+
+    @property
+    def K(self) -> int:
+        return len(self.ids)
+
+    def keep(self, kept: list[int]) -> None:
+        """Drop every trial not in ``kept`` (positions in this block)."""
+        idx = torch.tensor(kept, dtype=torch.long, device=self.params[0].device)
+        with torch.no_grad():
+            self.params = [p.index_select(0, idx).requires_grad_() for p in self.params]
+            self.opt_state = {k: [t.index_select(0, idx) for t in v] for k, v in self.opt_state.items()}
+        self.depth_mask = [None if m is None else m[kept] for m in self.depth_mask]
+        self.unit_mask = [None if m is None else m[kept] for m in self.unit_mask]
+        if self.dropout is not None:
+            self.dropout.keep(kept)
+        self.ids = [self.ids[i] for i in kept]
+        self.cfgs = [self.cfgs[i] for i in kept]
+
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """``x [n, d]`` (shared by every trial) -> outputs ``[K, n, n_outputs]``."""
+        h = x.expand(self.K, *x.shape)
+        for layer in range(self.depth):
+            a = self.act(torch.baddbmm(self.params[2 * layer + 1], h, self.params[2 * layer]))
+            if self.unit_mask[layer] is not None:
+                a = a * self.unit_mask[layer]
+            if train and self.dropout is not None:
+                a = self.dropout(a, layer)
+            if self.depth_mask[layer] is not None:
+                a = torch.where(self.depth_mask[layer], a, h)
+            h = a
+        W, b = self.params[-2], self.params[-1]
+        if W.shape[-1] == 1:
+            return SingleOutput.apply(h, W, b)
+        return torch.baddbmm(b, h, W)
+
+    def model(self, j: int, n_features: int, n_outputs: int) -> torch.nn.Module:
+        """Trial ``j`` of the block as the reference ``nn.Sequential`` (its true, unpadded weights)."""
+        c = self.cfgs[j]
+        p0 = self.params[0]
+        model = build_model(c, n_features, n_outputs, dtype=p0.dtype, device=p0.device)
+        linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+        slots = [*range(c.layers), self.depth]
+        with torch.no_grad():
+            for lin, slot in zip(linears, slots, strict=True):
+                W, b = self.params[2 * slot][j], self.params[2 * slot + 1][j, 0]
+                lin.weight.copy_(W[: lin.in_features, : lin.out_features].T)
+                lin.bias.copy_(b[: lin.out_features])
+        return model
+
+
+def pack_losses(out: torch.Tensor, y: torch.Tensor, loss: str, mean: bool = True) -> torch.Tensor:
+    """Per-trial loss ``[K]`` (mean over rows, or the sum with ``mean=False``) of ``out [K, n, o]``."""
+    K = out.shape[0]
+    if loss == "cross_entropy":
+        per = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(K, -1).reshape(-1), reduction="none")
+        per = per.view(K, -1)
+    else:
+        t = y.reshape(-1, 1).to(out.dtype) if loss == "bce" else y
+        t = t.expand(K, *t.shape)
+        if loss == "mse":
+            per = F.mse_loss(out, t, reduction="none")
+        elif loss == "mae":
+            per = F.l1_loss(out, t, reduction="none")
+        elif loss == "huber":
+            per = F.huber_loss(out, t, reduction="none", delta=1.0)
+        elif loss == "bce":
+            per = F.binary_cross_entropy_with_logits(out, t, reduction="none")
+        else:
+            raise ValueError(f"unknown loss {loss!r}")
+        per = per.flatten(1)
+    return per.mean(dim=1) if mean else per.sum(dim=1, dtype=torch.float64)
+
+
+@torch.no_grad()
+def evaluate_block(
+    block: Block, X: torch.Tensor, y: torch.Tensor, loss: str, task: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All trials of ``block`` on ``(X, y)`` in eval mode: (loss [K] float64, accuracy [K] or None)."""
+    n = X.shape[0]
+    budget = EVAL_CHUNK_ELEMENTS.get(X.device.type, EVAL_CHUNK_ELEMENTS["cpu"])
+    rows = min(n, max(1, budget // (block.K * max(block.widths))))
+    total = torch.zeros(block.K, dtype=torch.float64, device=X.device)
+    correct = torch.zeros_like(total) if task == "classification" else None
+    for start in range(0, n, rows):
+        out, yc = block.forward(X[start : start + rows], train=False), y[start : start + rows]
+        if rows == n:  # one pass: the reference's own mean reduction, so float32 rounds alike
+            total = pack_losses(out, yc, loss).double() * n
+        else:
+            total += pack_losses(out, yc, loss, mean=False)
+        if correct is not None:
+            pred = (out[:, :, 0] > 0).long() if loss == "bce" else out.argmax(dim=2)
+            correct += (pred == yc).sum(dim=1, dtype=torch.float64)
+    return total / n, None if correct is None else correct / n

@@ -1,0 +1,152 @@
+"""Which trials train together: pack sizes, blocks inside a pack, memory limits.
+
+A *pack* is what a worker claims and trains in one fused loop: trials of one sweep
+with the same ``pack_key`` (dataset, split, batch size, epochs, optimizer, loss: the
+API groups claims by it). Inside a pack, trials are stacked in *blocks*: one per
+exact architecture (activation + widths), or several architectures of one
+activation padded to the largest. Blocks of a pack run in lockstep (one batch, one
+backward, one optimizer step for all), so a block costs a little dispatch time per
+step and padding costs wasted FLOPs; ``plan_blocks`` weighs the two.
+
+Pure: plain Python (torch only to look at a device).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from worker.config import TrialConfig
+
+MAX_PACK_SIZE = 1024  # the API's claim limit
+# ``--pack-size auto``: CPU packs are bounded by cache and by how long a worker keeps
+# trials from others; a GPU needs many trials per step to leave its launch overhead behind.
+AUTO_PACK_SIZE = {"cpu": 64, "cuda": 512}
+# A block's fixed cost per step in FLOP-equivalents per batch row (dispatch time x
+# throughput / batch): ~0.15 ms at ~80 GFLOP/s on a CPU (measured); ~0.2 ms of kernel launches
+# at ~20 TFLOP/s on a GPU, which therefore merges (pads) far more eagerly.
+BLOCK_OVERHEAD_FLOPS_PER_ROW = {"cpu": 5e4, "cuda": 1.5e7}
+PACKING_MODES = ("auto", "group", "pad", "pad_all")
+
+
+def parse_pack_size(value: Any) -> int | None:
+    """``auto`` (or None) -> None; otherwise an int in ``[1, MAX_PACK_SIZE]``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"pack size must be 'auto' or an integer, got {value!r}") from None
+    if not 1 <= n <= MAX_PACK_SIZE:
+        raise ValueError(f"pack size must be between 1 and {MAX_PACK_SIZE}, got {n}")
+    return n
+
+
+def auto_pack_size(device_type: str) -> int:
+    return AUTO_PACK_SIZE.get(device_type, AUTO_PACK_SIZE["cpu"])
+
+
+def padded_widths(cfgs: Sequence[TrialConfig]) -> list[int]:
+    """Hidden widths of a block holding ``cfgs``: per layer the largest when all have the
+    same depth; else one width (the largest) for all, since a shallow trial passes its
+    last hidden activation through the deeper layers."""
+    depth = max(c.layers for c in cfgs)
+    if all(c.layers == depth for c in cfgs):
+        return [max(c.hidden_units[layer] for c in cfgs) for layer in range(depth)]
+    return [max(w for c in cfgs for w in c.hidden_units)] * depth
+
+
+def matmul_flops(dims: Sequence[int], train: bool = True) -> int:
+    """Matmul FLOPs per row through ``dims[0] -> ... -> dims[-1]``: forward (2/weight) or a
+    training step (forward + weight gradient + input gradient, none for the first layer)."""
+    total = 0
+    for layer, (i, o) in enumerate(itertools.pairwise(dims)):
+        total += (2 if not train else 4 if layer == 0 else 6) * i * o
+    return total
+
+
+def block_cost(cfgs: Sequence[TrialConfig], n_features: int, n_outputs: int, overhead: float) -> float:
+    return overhead + len(cfgs) * matmul_flops([n_features, *padded_widths(cfgs), n_outputs])
+
+
+def plan_blocks(
+    cfgs: Sequence[TrialConfig], n_features: int, n_outputs: int, mode: str = "auto", device: Any = "cpu"
+) -> list[list[int]]:
+    """Positions of ``cfgs`` grouped into blocks.
+
+    ``group``: one block per exact architecture (activation, widths). ``pad``: one block
+    per activation and depth (widths padded). ``pad_all``: one block per activation
+    (widths and depths padded). ``auto``: exact groups of one activation, in order of
+    depth and width, merged while the padded block is estimated cheaper than the two apart.
+    """
+    if mode not in PACKING_MODES:
+        raise ValueError(f"unknown packing mode {mode!r} (use one of {', '.join(PACKING_MODES)})")
+    groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault((c.activation, tuple(c.hidden_units)), []).append(i)
+    if mode == "group":
+        return list(groups.values())
+    by_act: dict[Any, list[list[int]]] = {}
+    for (act, widths), ids in groups.items():
+        by_act.setdefault((act, len(widths)) if mode == "pad" else act, []).append(ids)
+    if mode in ("pad", "pad_all"):
+        return [list(itertools.chain.from_iterable(gs)) for gs in by_act.values()]
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    overhead = BLOCK_OVERHEAD_FLOPS_PER_ROW.get(device_type, BLOCK_OVERHEAD_FLOPS_PER_ROW["cpu"])
+
+    def cost(ids: list[int]) -> float:
+        return block_cost([cfgs[i] for i in ids], n_features, n_outputs, overhead)
+
+    blocks: list[list[int]] = []
+    for gs in by_act.values():
+        gs = sorted(gs, key=lambda ids: (cfgs[ids[0]].layers, max(cfgs[ids[0]].hidden_units)))
+        cur = gs[0]
+        for ids in gs[1:]:
+            if cost(cur + ids) <= cost(cur) + cost(ids):
+                cur = cur + ids
+            else:
+                blocks.append(cur)
+                cur = ids
+        blocks.append(cur)
+    return blocks
+
+
+def pack_bytes_per_trial(
+    cfgs: Sequence[TrialConfig], n_features: int, n_outputs: int, dtype_bytes: int = 4
+) -> int:
+    """A generous estimate of one trial's training memory in a pack of ``cfgs`` (at the
+    pack's padded widths): parameters with gradient, optimizer state and temporaries
+    (x6), and one batch's saved activations and their gradients (x6)."""
+    dims = [n_features, *padded_widths(cfgs), n_outputs]
+    params = sum(i * o + o for i, o in itertools.pairwise(dims))
+    acts = max(c.batch_size for c in cfgs) * sum(dims[1:])
+    return (6 * params + 6 * acts) * dtype_bytes
+
+
+def memory_budget(device: Any) -> int:
+    """Bytes a pack may use: half of what is free on the device (CPU: MemAvailable)."""
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    if device_type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
+
+
+def split_for_memory(
+    cfgs: Sequence[TrialConfig], n_features: int, n_outputs: int, budget: int, dtype_bytes: int = 4
+) -> list[list[int]]:
+    """Consecutive runs of ``cfgs`` (positions) that fit ``budget`` bytes, each at least one trial."""
+    per = pack_bytes_per_trial(cfgs, n_features, n_outputs, dtype_bytes)
+    size = max(1, budget // max(1, per))
+    return [list(range(s, min(s + size, len(cfgs)))) for s in range(0, len(cfgs), size)]
