@@ -123,9 +123,8 @@ def _ref(c: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> None:
-    from worker.loop import Abandon, _finite
-
     from worker.handback import versions
+    from worker.loop import Abandon, _finite
 
     head = claimed[0]
     source = (head["dataset"], head["split"], head.get("dataset_id"), head.get("data_hash"))
