@@ -61,8 +61,12 @@ def submit(http: httpx.Client, spec: dict[str, Any]) -> int:
 def start_workers(
     n: int, server: Server, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> list[subprocess.Popen[bytes]]:
-    """``n`` worker processes, all registered before any sweep is queued (so each gets work)."""
-    procs = [start_worker(server.url) for _ in range(n)]
+    """``n`` worker processes, all registered before any sweep is queued (so each gets work).
+
+    They train one trial at a time (``--pack-size 1``, the reference path): a fused pack would
+    let one worker claim the whole small grid. Packs have their own end-to-end test (test_fused).
+    """
+    procs = [start_worker(server.url, "--pack-size", "1") for _ in range(n)]
     wait_until(
         f"{n} workers to register", lambda: len(server.http.get("/api/v1/workers").json()) == n, tmp_path
     )
