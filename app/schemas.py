@@ -178,6 +178,13 @@ class LeasesRequest(BaseModel):
     leases: list[LeaseRef] = Field(max_length=1024)
 
 
+class ReleaseRequest(LeasesRequest):
+    """``shutdown``: back to the queue, no attempt used; ``out_of_memory``: retried, the attempt counts."""
+
+    reason: Literal["shutdown", "out_of_memory"] = "shutdown"
+    error: str | None = Field(None, max_length=20_000)
+
+
 class EpochReport(LeaseRef):
     epoch: int = Field(ge=1)
     train_loss: float | None = None
@@ -221,3 +228,28 @@ class LeaderboardEntry(BaseModel):
     std: float
     n_seeds: int
     trial_ids: list[int]
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    scope: Literal["read", "submit", "worker", "admin"]
+
+
+class TokenRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenRead):
+    token: str = Field(description="the token itself: shown this once, only its SHA-256 is stored")

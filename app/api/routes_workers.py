@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
-from app.models import Sweep, Trial, TrialRole, TrialStatus, Worker
+from app.auth import require
+from app.models import Sweep, TokenScope, Trial, TrialRole, TrialStatus, Worker
 from app.schemas import (
     ClaimedTrial,
     ClaimRequest,
@@ -21,12 +22,16 @@ from app.schemas import (
     EpochsRequest,
     LeasesRequest,
     LeaseStates,
+    ReleaseRequest,
     WorkerCreate,
     WorkerRead,
 )
 from app.services import trials as trial_service
 
-router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
+# Worker tokens may use the protocol (POST) and nothing else; listing workers is a read.
+router = APIRouter(
+    prefix="/api/v1/workers", tags=["workers"], dependencies=[require(write=TokenScope.worker)]
+)
 
 
 def _worker_or_404(session: Session, worker_id: str) -> Worker:
@@ -122,7 +127,8 @@ def complete(worker_id: str, body: CompleteRequest, session: SessionDep) -> Leas
 
 
 @router.post("/{worker_id}/release", response_model=LeaseStates)
-def release(worker_id: str, body: LeasesRequest, session: SessionDep) -> LeaseStates:
-    """Give trials back to the queue without using an attempt (worker stopping)."""
+def release(worker_id: str, body: ReleaseRequest, session: SessionDep) -> LeaseStates:
+    """Give trials back to the queue (stopping: no attempt used; out of memory: it counts)."""
     _worker_or_404(session, worker_id)
-    return LeaseStates(states=trial_service.release(session, _leases(body)))
+    reason = trial_service.ReleaseReason(body.reason)
+    return LeaseStates(states=trial_service.release(session, _leases(body), reason, body.error))
