@@ -68,19 +68,18 @@ def create(name: str, scope: str, db: str | None) -> None:
 def list_(db: str | None) -> None:
     """List tokens (names, scopes, dates; never the tokens)."""
     database = _database(db)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    lines = [f"{'id':>4}  {'name':<24} {'scope':<7} {'created':<20} {'last used':<20} revoked"]
     try:
         with database.session(readonly=True) as session:
-            rows = token_service.list_tokens(session)
+            for t in token_service.list_tokens(session):
+                used = t.last_used_at.strftime(fmt) if t.last_used_at else "-"
+                revoked = t.revoked_at.strftime(fmt) if t.revoked_at else "-"
+                created = t.created_at.strftime(fmt)
+                lines.append(f"{t.id:>4}  {t.name:<24} {t.scope:<7} {created:<20} {used:<20} {revoked}")
     finally:
         database.dispose()
-    click.echo(f"{'id':>4}  {'name':<24} {'scope':<7} {'created':<20} {'last used':<20} revoked")
-    for t in rows:
-        fmt = "%Y-%m-%d %H:%M:%S"
-        used = t.last_used_at.strftime(fmt) if t.last_used_at else "-"
-        revoked = t.revoked_at.strftime(fmt) if t.revoked_at else "-"
-        click.echo(
-            f"{t.id:>4}  {t.name:<24} {t.scope:<7} {t.created_at.strftime(fmt):<20} {used:<20} {revoked}"
-        )
+    click.echo("\n".join(lines))
 
 
 @token.command("revoke")
