@@ -7,6 +7,8 @@ drop it because the lease was lost (``lost``).
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +29,8 @@ from app.schemas import (
     WorkerRead,
 )
 from app.services import trials as trial_service
+
+log = logging.getLogger("gridsweep.api")
 
 # Worker tokens may use the protocol (POST) and nothing else; listing workers is a read.
 router = APIRouter(
@@ -123,7 +127,11 @@ def report_epochs(
 def complete(worker_id: str, body: CompleteRequest, session: SessionDep) -> LeaseStates:
     """End trials with their outcome (fenced by the lease token)."""
     _worker_or_404(session, worker_id)
-    return LeaseStates(states=trial_service.complete(session, [o.model_dump() for o in body.outcomes]))
+    states = trial_service.complete(session, [o.model_dump() for o in body.outcomes])
+    for o in body.outcomes:  # one line per recorded outcome: an audit trail of who ended what
+        if states.get(o.trial_id) == trial_service.LeaseState.ok:
+            log.info("trial %d ended %s, recorded from worker %s", o.trial_id, o.status, worker_id)
+    return LeaseStates(states=states)
 
 
 @router.post("/{worker_id}/release", response_model=LeaseStates)

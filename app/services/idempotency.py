@@ -40,15 +40,16 @@ def request_hash(body: Any) -> str:
 
 def begin(session: Session, owner: str, key: str, digest: str) -> IdempotencyKey | Replay:
     """Take the key for this request (its row, to ``finish``), or the first answer to replay."""
+    # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
     inserted = session.execute(
-        insert_ignore(session, IdempotencyKey.__table__).values(
-            owner=owner, key=key, request_hash=digest, created_at=db_now(session)
-        )
-    ).rowcount
+        insert_ignore(session, IdempotencyKey.__table__)
+        .values(owner=owner, key=key, request_hash=digest, created_at=db_now(session))
+        .returning(IdempotencyKey.id)
+    ).scalar_one_or_none()
     row = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
     ).one()
-    if inserted:
+    if inserted is not None:
         return row
     if row.request_hash != digest:
         raise IdempotencyConflict(
