@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from app.db import Database
+from app.models import Trial, TrialEpoch
 from app.services.tokens import create_token
 
 # Short heartbeats and leases, so that lost workers are noticed within seconds.
@@ -60,3 +62,46 @@ def sweep(client: httpx.Client, sweep_id: int) -> dict[str, Any]:
 
 def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def trial_rows(db_url: str, sweep_id: int) -> list[Trial]:
+    db = Database(db_url)
+    try:
+        with db.session(readonly=True) as s:
+            rows = s.scalars(select(Trial).where(Trial.sweep_id == sweep_id).order_by(Trial.id)).all()
+            s.expunge_all()
+            return list(rows)
+    finally:
+        db.dispose()
+
+
+def duplicated_epoch_rows(db_url: str) -> int:
+    """Rows beyond the first for any (trial, attempt, epoch): must be 0."""
+    db = Database(db_url)
+    try:
+        with db.session(readonly=True) as s:
+            q = (
+                select(func.count() - 1)
+                .select_from(TrialEpoch)
+                .group_by(TrialEpoch.trial_id, TrialEpoch.attempt, TrialEpoch.epoch)
+                .having(func.count() > 1)
+            )
+            return sum(s.scalars(q).all())
+    finally:
+        db.dispose()
+
+
+def epoch_rows_of_final_attempts(db_url: str, sweep_id: int) -> dict[int, int]:
+    """{trial id: number of epoch rows of its last attempt} for the sweep's search trials."""
+    db = Database(db_url)
+    try:
+        with db.session(readonly=True) as s:
+            q = (
+                select(Trial.id, func.count(TrialEpoch.id))
+                .join(TrialEpoch, (TrialEpoch.trial_id == Trial.id) & (TrialEpoch.attempt == Trial.attempt))
+                .where(Trial.sweep_id == sweep_id, Trial.role == "search")
+                .group_by(Trial.id)
+            )
+            return dict(s.execute(q).all())
+    finally:
+        db.dispose()

@@ -29,6 +29,7 @@ def test_concurrent_claims_never_duplicate_or_skip(
     assert created.json()["n_trials"] == N_TRIALS
 
     claims: list[list[int]] = [[] for _ in range(N_CLAIMERS)]
+    oversized: list[int] = []
     errors: list[str] = []
     start = threading.Barrier(N_CLAIMERS)
 
@@ -36,14 +37,17 @@ def test_concurrent_claims_never_duplicate_or_skip(
         with httpx.Client(base_url=server.url, timeout=60) as http:
             wid = http.post("/api/v1/workers", json={"name": f"claimer-{i}"}).json()["id"]
             start.wait()
+            pack = 1 + i % 3  # single claims and packs of 2 and 3 race each other
             while True:
-                r = http.post(f"/api/v1/workers/{wid}/claim", json={"max_trials": 1})
+                r = http.post(f"/api/v1/workers/{wid}/claim", json={"max_trials": pack})
                 if r.status_code != 200:
                     errors.append(f"claimer {i}: HTTP {r.status_code} {r.text[:200]}")
                     return
                 got = [t["trial_id"] for t in r.json()["trials"]]
                 if not got:
                     return
+                if len(got) > pack:
+                    oversized.append(len(got))
                 claims[i].extend(got)
 
     t0 = time.perf_counter()
@@ -70,6 +74,7 @@ def test_concurrent_claims_never_duplicate_or_skip(
         f"duplicates {duplicates}, unclaimed {unclaimed}, errors {len(errors)}"
     )
     assert not errors, errors[:5]
+    assert not oversized, f"claims returned more trials than asked for: {oversized[:5]}"
     assert duplicates == 0
     assert unclaimed == 0
     assert by_status == {"running": N_TRIALS}

@@ -67,7 +67,10 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     ).first()
     if head is None:
         return []
-    ids = (
+    # The ids are fetched (and locked) in a statement of their own. Inlined as
+    # ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)``, PostgreSQL may
+    # run the subquery more than once and so update far more than n rows.
+    ids = session.scalars(
         select(Trial.id)
         .where(
             Trial.status == TrialStatus.queued,
@@ -77,8 +80,7 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
         .order_by(*CLAIM_ORDER)
         .limit(max_trials)
         .with_for_update(**lock)
-        .scalar_subquery()
-    )
+    ).all()
     token = secrets.token_hex(16)
     trials = session.scalars(
         update(Trial)
