@@ -33,7 +33,7 @@ from tests.robust_helpers import (
 pytestmark = pytest.mark.slow
 
 N_TRIALS = 200
-EPOCHS = 10
+EPOCHS = 3
 KILL_EVERY_SECONDS = 4.0
 ZOMBIE_EPOCHS = 25
 
@@ -47,9 +47,7 @@ def test_chaos_sigkill_workers_nothing_lost_nothing_twice(
     # Attempts: a trial may be hit by a kill more than once in a run like this; the default
     # of 3 is about real workers, this test kills one every few seconds on purpose.
     server = start_server(pg_only_url, **FAST_LEASES, max_attempts="8")
-    created = server.http.post(
-        "/api/v1/sweeps", json=spec("chaos", N_TRIALS, epochs=EPOCHS, batch_size=32)
-    ).json()
+    created = server.http.post("/api/v1/sweeps", json=spec("chaos", N_TRIALS, epochs=EPOCHS)).json()
     sid = created["id"]
     logs: list[Path] = []
 
