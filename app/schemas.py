@@ -11,6 +11,9 @@ from app.spec import SweepSpec
 
 T = TypeVar("T")
 
+# Ids, offsets and counts are INTEGER columns (32-bit on PostgreSQL): bigger is a 422, not a 500.
+DB_INT_MAX = 2**31 - 1
+
 SweepCreate = SweepSpec
 
 
@@ -166,9 +169,10 @@ class ClaimResponse(BaseModel):
 
 
 class LeaseRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN/inf (Python's parser takes them): refuse them rather than store them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    trial_id: int
+    trial_id: int = Field(ge=0, le=DB_INT_MAX)
     lease_token: str = Field(min_length=1, max_length=64)
 
 
@@ -186,7 +190,7 @@ class ReleaseRequest(LeasesRequest):
 
 
 class EpochReport(LeaseRef):
-    epoch: int = Field(ge=1)
+    epoch: int = Field(ge=1, le=DB_INT_MAX)
     train_loss: float | None = None
     val_loss: float | None = None
     val_error: float | None = None
@@ -202,7 +206,7 @@ class EpochsRequest(BaseModel):
 class TrialOutcome(LeaseRef):
     status: Literal["succeeded", "failed", "diverged", "canceled"]
     metrics: dict[str, float | None] = {}
-    epochs_done: int | None = Field(None, ge=0)
+    epochs_done: int | None = Field(None, ge=0, le=DB_INT_MAX)
     error: str | None = Field(None, max_length=20_000)
     device: str | None = Field(None, max_length=64)
     duration_seconds: float | None = Field(None, ge=0)
@@ -253,3 +257,9 @@ class TokenRead(BaseModel):
 
 class TokenCreated(TokenRead):
     token: str = Field(description="the token itself: shown this once, only its SHA-256 is stored")
+
+
+class ErrorRead(BaseModel):
+    """An error: a message, or (422) a list of ``{loc, msg, type}`` with the field path."""
+
+    detail: str | list[dict[str, Any]]

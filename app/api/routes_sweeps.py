@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.api.presenters import best_read, sweep_read, trial_detail
 from app.auth import PrincipalDep, require
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
+    DB_INT_MAX,
     BestRead,
     LeaderboardEntry,
     Page,
@@ -26,10 +27,15 @@ from app.services import sweeps as sweep_service
 from app.services.trial_queries import SORTABLE, list_trials
 
 # Read tokens may GET; creating and canceling sweeps needs the submit scope.
-router = APIRouter(prefix="/api/v1", tags=["sweeps"], dependencies=[require(write=TokenScope.submit)])
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["sweeps"],
+    dependencies=[require(write=TokenScope.submit)],
+    responses=ERROR_RESPONSES,
+)
 
 Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=DB_INT_MAX)]
 IdempotencyKey = Annotated[
     str | None,
     Header(min_length=1, max_length=255, description="the same key and body return the first answer"),
@@ -86,13 +92,13 @@ def list_sweeps(
 
 
 @router.get("/sweeps/{sweep_id}", response_model=SweepRead)
-def get_sweep(sweep_id: int, session: ReadSessionDep) -> SweepRead:
+def get_sweep(sweep_id: IdPath, session: ReadSessionDep) -> SweepRead:
     """One sweep with its counts by status and its best config so far."""
     return sweep_read(session, _sweep_or_404(session, sweep_id))
 
 
 @router.get("/sweeps/{sweep_id}/best", response_model=BestRead)
-def get_best(sweep_id: int, session: ReadSessionDep) -> BestRead:
+def get_best(sweep_id: IdPath, session: ReadSessionDep) -> BestRead:
     """The best config by the sweep's metric (mean over seeds) and its test metrics."""
     best = best_read(session, _sweep_or_404(session, sweep_id))
     if best is None:
@@ -102,7 +108,7 @@ def get_best(sweep_id: int, session: ReadSessionDep) -> BestRead:
 
 @router.get("/sweeps/{sweep_id}/leaderboard", response_model=list[LeaderboardEntry])
 def get_leaderboard(
-    sweep_id: int, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+    sweep_id: IdPath, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
 ) -> list[LeaderboardEntry]:
     """The top configs by the sweep's metric (mean over seeds), best first."""
     ranked = sweep_service.leaderboard(session, _sweep_or_404(session, sweep_id), limit=limit)
@@ -122,7 +128,7 @@ def get_leaderboard(
 
 @router.get("/sweeps/{sweep_id}/trials", response_model=Page[TrialRead])
 def get_trials(
-    sweep_id: int,
+    sweep_id: IdPath,
     session: ReadSessionDep,
     settings: SettingsDep,
     status_: Annotated[list[TrialStatus] | None, Query(alias="status")] = None,
@@ -150,14 +156,14 @@ def get_trials(
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepRead)
-def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepRead:
+def cancel_sweep(sweep_id: IdPath, session: SessionDep) -> SweepRead:
     """Cancel a sweep: queued trials now, running ones at their next epoch."""
     sweep = sweep_service.cancel_sweep(session, _sweep_or_404(session, sweep_id))
     return sweep_read(session, sweep)
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail, tags=["trials"])
-def get_trial(trial_id: int, session: ReadSessionDep) -> TrialDetail:
+def get_trial(trial_id: IdPath, session: ReadSessionDep) -> TrialDetail:
     """One trial with its per-epoch curve."""
     trial = session.get(Trial, trial_id)
     if trial is None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from app.api.deps import ReadSessionDep, SessionDep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep
 from app.auth import require
 from app.models import ApiToken, TokenScope
-from app.schemas import TokenCreate, TokenCreated, TokenRead
+from app.schemas import ErrorRead, TokenCreate, TokenCreated, TokenRead
 from app.services import tokens as token_service
 
 router = APIRouter(
     prefix="/api/v1/tokens",
     tags=["tokens"],
     dependencies=[require(write=TokenScope.admin, read=TokenScope.admin)],
+    responses={**ERROR_RESPONSES, 409: {"model": ErrorRead, "description": "a token with that name exists"}},
 )
 
 
@@ -34,7 +35,7 @@ def create_token(body: TokenCreate, session: SessionDep) -> TokenCreated:
 
 
 @router.post("/{token_id}/revoke", response_model=TokenRead)
-def revoke_token(token_id: int, session: SessionDep) -> TokenRead:
+def revoke_token(token_id: IdPath, session: SessionDep) -> TokenRead:
     """Revoke a token (at once: the next request with it gets 401)."""
     row = session.get(ApiToken, token_id)
     if row is None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep
 from app.auth import require
 from app.models import Sweep, TokenScope, Trial, TrialRole, TrialStatus, Worker
 from app.schemas import (
@@ -34,7 +34,10 @@ log = logging.getLogger("gridsweep.api")
 
 # Worker tokens may use the protocol (POST) and nothing else; listing workers is a read.
 router = APIRouter(
-    prefix="/api/v1/workers", tags=["workers"], dependencies=[require(write=TokenScope.worker)]
+    prefix="/api/v1/workers",
+    tags=["workers"],
+    dependencies=[require(write=TokenScope.worker)],
+    responses=ERROR_RESPONSES,
 )
 
 
