@@ -67,7 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    app = FastAPI(title="gridsweep", version=__version__, lifespan=lifespan)
+    # /docs is served from the package (routes_docs): FastAPI's own pages load from a CDN.
+    app = FastAPI(title="gridsweep", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
     app.state.db_outage = True  # no heartbeat could land before the API started
@@ -99,10 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
         return _unavailable(exc)
 
-    from app.api import routes_health, routes_sweeps, routes_tokens, routes_workers
+    from app.api import routes_docs, routes_health, routes_sweeps, routes_tokens, routes_workers
 
     app.include_router(routes_health.router)
     app.include_router(routes_sweeps.router)
     app.include_router(routes_workers.router)
     app.include_router(routes_tokens.router)
+    routes_docs.install_docs(app)
     return app

@@ -21,9 +21,10 @@ from app.auth import PUBLIC_PATHS, authenticate, bearer_token
 
 log = logging.getLogger("gridsweep.api")
 
-# Same origin only: no inline script or style, no framing, nothing from elsewhere.
+# Same origin only: no inline script or style, no framing, nothing from elsewhere (images may
+# also be data: URIs, as the icons in stylesheets are).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
