@@ -3,7 +3,7 @@
 Two layers, so that a route nobody guarded is still closed:
 
 * ``AuthMiddleware`` (app/api/middleware.py) authenticates every request but the public
-  ones (``/healthz``) when auth is on: no valid, unrevoked token -> 401. It stores the
+  ones (``/healthz``, ``/readyz``) when auth is on: no valid, unrevoked token -> 401. It stores the
   caller's ``Principal`` in the request state.
 * ``Authorize`` is the router dependency that checks the scope:
   ``APIRouter(dependencies=[require(write=TokenScope.submit)])`` lets ``read`` tokens
@@ -26,12 +26,14 @@ from app.db import Database
 from app.models import TokenScope
 from app.services.tokens import Principal, needs_touch, touch_token, verify_token
 
-# Routes that never need a token: liveness probes must work without secrets.
-PUBLIC_PATHS = frozenset({"/healthz"})
+# Routes that never need a token: liveness and readiness probes (compose, orchestrators) carry
+# no secrets, and they tell nothing about sweeps.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A browser cannot send an Authorization header with a page load: GETs may carry the
-# token in this cookie instead (SameSite=Strict by whoever sets it). Never for writes, so
-# a cookie cannot be used for cross-site request forgery.
+# token in this cookie instead. Writes only with the dashboard's ``HX-Request`` header too,
+# which a cross-site form cannot set (and a cross-site fetch could only with CORS, never
+# granted), so the cookie cannot be used for cross-site request forgery.
 TOKEN_COOKIE = "gridsweep_token"
 
 GRANTS: dict[TokenScope, frozenset[TokenScope]] = {
@@ -52,7 +54,7 @@ def bearer_token(headers: Headers, method: str) -> str | None:
     if auth:
         kind, _, value = auth.partition(" ")
         return value.strip() if kind.lower() == "bearer" and value.strip() else None
-    if method in SAFE_METHODS:
+    if method in SAFE_METHODS or headers.get("hx-request") == "true":
         for part in headers.get("cookie", "").split(";"):
             k, _, v = part.strip().partition("=")
             if k == TOKEN_COOKIE and v:
@@ -88,26 +90,34 @@ def current_principal(request: Request) -> Principal | None:
 PrincipalDep = Annotated[Principal | None, Depends(current_principal)]
 
 
-class Authorize:
-    """Dependency: safe methods need ``read`` scope, the others ``write`` (when auth is on)."""
+Needed = TokenScope | tuple[TokenScope, ...]
 
-    def __init__(self, write: TokenScope, read: TokenScope = TokenScope.read) -> None:
-        self.write, self.read = write, read
+
+class Authorize:
+    """Dependency: safe methods need ``read`` scope, the others ``write`` (when auth is on).
+
+    Either may be a tuple of scopes, any of which will do (a dataset download serves both
+    readers and workers).
+    """
+
+    def __init__(self, write: Needed, read: Needed = TokenScope.read) -> None:
+        self.write = write if isinstance(write, tuple) else (write,)
+        self.read = read if isinstance(read, tuple) else (read,)
 
     def __call__(self, request: Request) -> Principal | None:
         principal = current_principal(request)
         if principal is None:
             return None
         needed = self.read if request.method in SAFE_METHODS else self.write
-        if not allows(principal.scope, needed):
+        if not any(allows(principal.scope, n) for n in needed):
+            names = " or ".join(repr(n.value) for n in needed)
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                f"token {principal.name!r} has scope {principal.scope.value!r}; "
-                f"this route needs {needed.value!r}",
+                f"token {principal.name!r} has scope {principal.scope.value!r}; this route needs {names}",
             )
         return principal
 
 
-def require(write: TokenScope, read: TokenScope = TokenScope.read) -> DependsParam:
-    """``APIRouter(dependencies=[require(write=TokenScope.submit)])``."""
+def require(write: Needed, read: Needed = TokenScope.read) -> DependsParam:
+    """``APIRouter(dependencies=[require(write=TokenScope.submit)])`` (or on one route)."""
     return Depends(Authorize(write, read))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import sys
 import time
@@ -12,9 +11,11 @@ from typing import Any
 import click
 import uvicorn
 
+from app import cli_ci
 from app import cli_output as out
 from app.config import Settings, get_settings
 from app.local import ThreadServer, free_port, gridsweep_cmd, spawn, stop_all, wait_healthy
+from app.logs import configure_logging
 from worker.client import ApiClient, ApiError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -63,11 +64,7 @@ def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool) -> None:
     """gridsweep: hyperparameter grid search for PyTorch MLPs."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
+    configure_logging(**cli_ci.log_options(verbose))
 
 
 def _register_commands() -> None:
@@ -145,7 +142,10 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
         upgrade(settings.database_url)
     from app.api import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", server_header=False)
+    # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
+    )
 
 
 @main.command()
@@ -176,6 +176,7 @@ def worker(
             pack_size=pack_size,
             threads=threads,
             exit_when=(lambda: True) if exit_when_idle else None,
+            cache_dir=get_settings().data_cache_dir,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -235,25 +236,6 @@ def up(
         stop_all(procs[:1])
 
 
-@main.command()
-@click.argument("spec_file", type=click.Path(dir_okay=False))
-@server_option
-@click.option("--wait", is_flag=True, help="Wait for the sweep to end and print the best config.")
-@click.option("--poll", default=1.0, show_default=True, help="Seconds between progress polls.")
-def submit(spec_file: str, server: str, wait: bool, poll: float) -> None:
-    """Submit a sweep from a YAML spec; print its id."""
-    spec = out.load_spec(spec_file)
-    client = api(server)
-    created = call_create(client, spec.model_dump(mode="json"), server)
-    click.echo(created["id"])
-    click.echo(f"sweep {created['id']} queued with {created['n_trials']} trials", err=True)
-    if wait:
-        sweep = wait_for(client, created["id"], poll)
-        click.echo(out.best_text(sweep.get("best")))
-        if sweep["status"] != "succeeded":
-            raise click.ClickException(f"sweep {sweep['id']} ended {sweep['status']}: {sweep.get('error')}")
-
-
 def call_create(client: ApiClient, body: dict[str, Any], server: str) -> dict[str, Any]:
     try:
         return call(client, "POST", "/api/v1/sweeps", json=body)
@@ -261,23 +243,6 @@ def call_create(client: ApiClient, body: dict[str, Any], server: str) -> dict[st
         raise
     except Exception as exc:  # pragma: no cover - defensive
         raise Unreachable(f"cannot reach {server}: {exc}") from exc
-
-
-def wait_for(client: ApiClient, sweep_id: int, poll: float) -> dict[str, Any]:
-    """Show progress until the sweep ends (a bar on a terminal, plain lines otherwise)."""
-    last = ""
-    while True:
-        sweep = call(client, "GET", f"/api/v1/sweeps/{sweep_id}")
-        if out.is_tty():
-            click.echo("\r" + out.progress_bar(sweep), nl=False, err=True)
-        elif (line := out.progress_line(sweep)) != last:
-            click.echo(line, err=True)
-            last = line
-        if sweep["status"] in TERMINAL:
-            if out.is_tty():
-                click.echo("", err=True)
-            return sweep
-        time.sleep(poll)
 
 
 @main.command()
@@ -326,7 +291,14 @@ def run(
             for _ in range(workers - 1)
         ]
         try:
-            w = Worker(srv.url, device=device, pack_size=pack_size, threads=threads, exit_when=sweep_done)
+            w = Worker(
+                srv.url,
+                device=device,
+                pack_size=pack_size,
+                threads=threads,
+                exit_when=sweep_done,
+                cache_dir=settings.data_cache_dir,
+            )
             w.install_signal_handlers()
             w.run()
         finally:
@@ -370,7 +342,16 @@ def best(sweep_id: int, server: str, as_json: bool) -> None:
         click.echo(out.best_text(result))
 
 
-_register_commands()
+
+# Datasets, models, predict, rerun (app/cli_data.py).
+from app.cli_data import register as _register_data  # noqa: E402
+
+_register_data(main)
+
+for _command in cli_ci.COMMANDS:  # submit, schema, config: CI and operations (app/cli_ci.py)
+    main.add_command(_command)
+
+_register_commands()  # gridsweep token ... (app/cli_tokens.py)
 
 if __name__ == "__main__":
     main()

@@ -94,6 +94,9 @@ def best_text(best: dict[str, Any] | None) -> str:
         lines += [f"  held-out {k}: {val:.4f}" for k, val in best["test"].items()]
     else:
         lines.append("  held-out test: not evaluated yet")
+    if best.get("refit_test"):  # spec.refit: retrained on train + validation
+        refit = best["refit_test"].items()
+        lines += [f"  refit (train+validation) held-out {k}: {val:.4f}" for k, val in refit]
     return "\n".join(lines)
 
 

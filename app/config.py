@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///gridsweep.db"
 MISSED_BEATS = 3  # a lease expires after this many missed heartbeats
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
@@ -25,6 +26,22 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
+    max_upload_bytes: int = Field(
+        100 * 2**20, description="Largest dataset file (or model) one upload may send; larger gets 413."
+    )
+    data_cache_dir: str = Field(
+        "~/.cache/gridsweep/datasets", description="Where a worker caches uploaded datasets by hash."
+    )
+    log_level: Annotated[LogLevel, BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = Field(
+        "INFO", description="Log level of the API, workers and CLI (any case)."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as `json` or `text`; `auto`: JSON unless stderr is a terminal."
+    )
+    server: str = Field(
+        "http://127.0.0.1:8000", description="API URL the CLI and workers talk to (`--server`)."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token the CLI and workers send (a secret).")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body; larger ones get 413.")
     auth: Literal["on", "off"] = Field(
         "off", description="Require API tokens (on) or not (off: only allowed on a loopback address)."

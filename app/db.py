@@ -11,11 +11,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy import Engine, String, Table, cast, create_engine, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 # How long an SQLite writer waits for the write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -121,3 +122,26 @@ def for_update_skip_locked(session: Session) -> dict[str, bool]:
     if session.get_bind().dialect.name == "sqlite":
         return {}
     return {"skip_locked": True}
+
+
+def json_key(session: Session, column: Any, key: str) -> ColumnElement[Any]:
+    """One key (a known parameter name) of a JSON column as an SQL value that sorts by its JSON
+    value: numbers as numbers.
+
+    SQLite's ``json_extract`` gives native SQL values (numbers, text; arrays as JSON text).
+    PostgreSQL's ``json`` has no ordering: the extracted value (not the whole document, which
+    would cost a parse of every row's JSON) is cast to ``jsonb``, which orders numbers
+    numerically and values of different JSON types by type.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return func.json_extract(column, f'$."{key}"')
+    return cast(column.op("->")(key), postgresql.JSONB)
+
+
+def json_key_text(session: Session, column: Any, key: str) -> ColumnElement[str]:
+    """One key of a JSON column as its JSON text (group by it, ``json.loads`` the result)."""
+    if session.get_bind().dialect.name == "sqlite":
+        # json_quote of a value json_extract returned as JSON (an array) leaves it as is.
+        return func.json_quote(func.json_extract(column, f'$."{key}"'))
+    # json's -> keeps the stored text of the value: one writer (json.dumps) wrote them all.
+    return cast(column.op("->")(key), String)

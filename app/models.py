@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -87,6 +88,8 @@ TERMINAL_TRIAL_STATUSES = (
 class TrialRole(StrEnum):
     search = "search"  # a grid point, scored on validation
     final = "final"  # the best config retrained once per seed and scored on the test split
+    refit = "refit"  # the best config retrained on train + validation (spec.refit), scored on test
+    rerun = "rerun"  # an identical re-run of a finished trial (POST /trials/{id}/rerun), not ranked
 
 
 class WorkerStatus(StrEnum):
@@ -105,8 +108,11 @@ class Sweep(Base):
     metric_name: Mapped[str] = mapped_column(String(32))
     metric_goal: Mapped[str] = mapped_column(String(8))
     n_trials: Mapped[int] = mapped_column(Integer)
+    # The uploaded dataset it trains on (None for a built-in, or once the dataset was deleted).
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id", ondelete="SET NULL"), index=True)
     best_trial_id: Mapped[int | None] = mapped_column(Integer)
     test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    refit_test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -134,8 +140,8 @@ class Trial(Base):
         Index("ix_trial_status_priority", "status", "priority", "sweep_id", "config_index", "seed"),
         Index("ix_trial_sweep_id_status", "sweep_id", "status"),
         Index("ix_trial_lease_expires_at", "lease_expires_at"),
-        # A grid point is trained once per seed and role, whatever races happen.
-        UniqueConstraint("sweep_id", "role", "config_index", "seed"),
+        # A grid point is trained once per seed and role, whatever races happen (reruns count up).
+        UniqueConstraint("sweep_id", "role", "config_index", "seed", "rerun_index"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -169,6 +175,13 @@ class Trial(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
+    # Reproducibility, as reported by the worker that ran it (device is above).
+    data_hash: Mapped[str | None] = mapped_column(String(64))
+    split: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A rerun: the trial it repeats, and its number among the reruns of that grid point.
+    rerun_of: Mapped[int | None] = mapped_column(ForeignKey("trial.id", ondelete="SET NULL"))
+    rerun_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     sweep: Mapped[Sweep] = relationship(back_populates="trials")
     epochs: Mapped[list[TrialEpoch]] = relationship(
@@ -229,4 +242,45 @@ class IdempotencyKey(Base):
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweep.id", ondelete="CASCADE"))
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded table, parsed and validated once; ``data`` is the encoded arrays (.npz)."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # SHA-256 of the uploaded file's bytes: the same bytes are stored once.
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # SHA-256 fingerprint of the encoded arrays (what trials record as ``data_hash``).
+    data_hash: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(200))
+    classes: Mapped[list[Any]] = mapped_column(JSON)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    # Columns with their role and statistics, the encoding, how the task was decided.
+    schema: Mapped[dict[str, Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelArtifact(Base):
+    """A trained model of a sweep: ``kind`` best (train split) or refit (train + validation)."""
+
+    __tablename__ = "model_artifact"
+    __table_args__ = (UniqueConstraint("sweep_id", "kind", "format"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweep.id", ondelete="CASCADE"))
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))
+    format: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -55,6 +55,10 @@ class BestRead(BaseModel):
         description="held-out test metrics of the best config (mean over seeds)"
     )
     test_per_seed: list[SeedResult] = []
+    refit_test: dict[str, float] | None = Field(
+        None, description="spec.refit: test metrics of the best config retrained on train + validation"
+    )
+    refit_per_seed: list[SeedResult] = []
 
 
 class SweepRead(BaseModel):
@@ -100,6 +104,10 @@ class TrialRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     duration_seconds: float | None
+    data_hash: str | None = None
+    split: dict[str, Any] | None = None
+    versions: dict[str, Any] | None = None
+    rerun_of: int | None = None
 
 
 class EpochRead(BaseModel):
@@ -160,6 +168,9 @@ class ClaimedTrial(BaseModel):
     split: dict[str, Any]
     evaluate_test: bool
     refit: bool
+    dataset_id: int | None = None  # an uploaded dataset: GET /api/v1/datasets/{id}/data
+    data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
+    upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
 
 
 class ClaimResponse(BaseModel):
@@ -210,6 +221,9 @@ class TrialOutcome(LeaseRef):
     error: str | None = Field(None, max_length=20_000)
     device: str | None = Field(None, max_length=64)
     duration_seconds: float | None = Field(None, ge=0)
+    data_hash: str | None = Field(None, max_length=64)
+    split: dict[str, Any] | None = None
+    versions: dict[str, str | int | None] | None = None
 
 
 class CompleteRequest(BaseModel):

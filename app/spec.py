@@ -127,13 +127,18 @@ class SplitSpec(BaseModel):
         return self
 
 
+def _id_as_str(v: Any) -> Any:
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class SweepSpec(BaseModel):
     """A grid search: what to train on, the grid, the seeds and the split."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    dataset: str = Field(min_length=1, max_length=200)
+    # A built-in name, or an uploaded dataset's name or id (an integer is taken as the id).
+    dataset: Annotated[str, BeforeValidator(_id_as_str), Field(min_length=1, max_length=200)]
     metric: MetricSpec = MetricSpec()
     parameters: Parameters = Parameters()
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default=[0], min_length=1)

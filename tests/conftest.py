@@ -119,10 +119,22 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = cli_env(**{f"GRIDSWEEP_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--db", db_url, "--port", str(self.port), "--no-upgrade"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--db",
+                db_url,
+                "--port",
+                str(self.port),
+                "--no-upgrade",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_healthy(self.url, timeout=60, proc=self.proc)
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -159,11 +171,24 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(server_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - child keeps it
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
         p = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--server", server_url, "--device", "cpu",
-             "--threads", "1", *args],
-            env=cli_env(**env), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "worker",
+                "--server",
+                server_url,
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                *args,
+            ],
+            env=cli_env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         procs.append(p)
         return p

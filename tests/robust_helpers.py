@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,15 @@ def sweep(client: httpx.Client, sweep_id: int) -> dict[str, Any]:
 
 def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+# The API logs one line per request: JSON (``"status": 503``) off a terminal, else text.
+_STATUS = re.compile(r'"status": (\d{3})|gridsweep\.http: [A-Z]+ \S+ (\d{3}) ')
+
+
+def logged_statuses(text: str) -> Counter[str]:
+    """Status codes of the requests the API logged (successful worker calls are DEBUG: not here)."""
+    return Counter(a or b for a, b in _STATUS.findall(text))
 
 
 def trial_rows(db_url: str, sweep_id: int) -> list[Trial]:

@@ -8,7 +8,6 @@ restart`` (fast shutdown), and everything here waits for the database to come ba
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -22,7 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_URL, Server, require
-from tests.robust_helpers import FAST_LEASES, log_text, spec, sweep, trial_rows, wait_for
+from tests.robust_helpers import FAST_LEASES, log_text, logged_statuses, spec, sweep, trial_rows, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +95,7 @@ def test_postgres_restart_mid_sweep(
     final = sweep(server.http, sid)
     search = [t for t in trial_rows(pg_only_url, sid) if t.role == "search"]
     statuses = Counter(t.status for t in search)
-    access = Counter(re.findall(r'HTTP/1\.1" (\d{3})', log_text(Path(server.log.name))))
+    access = logged_statuses(log_text(Path(server.log.name)))
     print(
         f"\ndb restart: {before} of {N_TRIALS} trials done when PostgreSQL restarted "
         f"({restart_seconds:.1f}s); "

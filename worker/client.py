@@ -53,12 +53,16 @@ class ApiClient:
         params: Any = None,
         retry_for: float | None = None,
         interruptible: bool = True,
+        *,
+        raw: bool = False,
+        **kw: Any,
     ) -> Any:
+        """JSON in and out; ``raw=True`` returns the body's bytes; ``kw`` goes to httpx (files, data)."""
         deadline = time.monotonic() + (self.retry_for if retry_for is None else retry_for)
         delay = 0.2
         while True:
             try:
-                r = self._http.request(method, path, json=json, params=params)
+                r = self._http.request(method, path, json=json, params=params, **kw)
                 if r.status_code not in RETRY_STATUS:
                     if r.status_code >= 400:
                         try:
@@ -66,6 +70,8 @@ class ApiClient:
                         except ValueError:
                             detail = r.text
                         raise ApiError(r.status_code, detail)
+                    if raw:
+                        return r.content
                     return r.json() if r.content else None
                 problem = f"HTTP {r.status_code}"
             except httpx.TransportError as exc:

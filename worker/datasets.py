@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn import datasets as skd
 
 from worker.config import TASKS
 
@@ -115,28 +114,36 @@ def make_dataset(name: str, task: str, X: Any, y: Any, feature_names: Sequence[s
     )
 
 
+def _skd() -> Any:
+    # Imported on first use: scikit-learn (and scipy) take seconds to import, and every
+    # CLI process and API server imports this module only for the BUILTIN_DATASETS table.
+    from sklearn import datasets
+
+    return datasets
+
+
 def _moons() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    X, y = skd.make_moons(n_samples=1000, noise=0.2, random_state=_DATA_RANDOM_STATE)
+    X, y = _skd().make_moons(n_samples=1000, noise=0.2, random_state=_DATA_RANDOM_STATE)
     return X, y, None
 
 
 def _circles() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    X, y = skd.make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=_DATA_RANDOM_STATE)
+    X, y = _skd().make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=_DATA_RANDOM_STATE)
     return X, y, None
 
 
 def _friedman1() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    X, y = skd.make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=_DATA_RANDOM_STATE)
+    X, y = _skd().make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=_DATA_RANDOM_STATE)
     return X, y, None
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    d = skd.load_digits()
+    d = _skd().load_digits()
     return d.data, d.target, list(d.feature_names)
 
 
 def _diabetes() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    d = skd.load_diabetes()
+    d = _skd().load_diabetes()
     return d.data, d.target, list(d.feature_names)
 
 

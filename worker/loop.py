@@ -26,10 +26,13 @@ from typing import Any
 
 import torch
 
+from app import logs
 from worker.client import ApiClient, ApiError
 from worker.config import TrialConfig
 from worker.data import DataCache
+from worker.handback import model_files, upload_model, versions
 from worker.train import EpochMetrics, select_device, train_trial
+from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")
 
@@ -95,6 +98,7 @@ class Worker:
         poll_seconds: float = 1.0,
         threads: int | None = None,
         exit_when: Callable[[], bool] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         self.stopping = threading.Event()
         # Both clients stop retrying through an outage as soon as the worker is stopping.
@@ -107,7 +111,8 @@ class Worker:
         self.pack_size = pack_size
         self.poll_seconds = poll_seconds
         self.exit_when = exit_when
-        self.data = DataCache(self.device)
+        self.uploads = UploadedDatasets(self.client, cache_dir)
+        self.data = DataCache(self.device, fetch=self.uploads.get)
         self.held = Held()
         self.pending: list[dict[str, Any]] = []  # epoch reports the API has not taken yet
         self.heartbeat_seconds = 10.0
@@ -131,6 +136,7 @@ class Worker:
         """Claim and train until stopped (or until ``exit_when`` says so while idle)."""
         info = self.client.register(self.name, socket.gethostname(), self.device_name)
         self.worker_id = info["id"]
+        logs.set_fields(worker_id=self.worker_id)  # on this thread's log lines (and the heartbeat's)
         self.heartbeat_seconds = float(info.get("heartbeat_seconds") or self.heartbeat_seconds)
         log.info("worker %s registered as %s on %s", self.name, self.worker_id, self.device_name)
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -155,6 +161,7 @@ class Worker:
                     continue
                 idle = 0.0
                 done += self.run_claimed(claimed)
+                logs.set_fields(sweep_id=None, trial_id=None)
         except ApiError:
             if not self.stopping.is_set():
                 raise  # stopping: an unreachable API only means the release below may not land
@@ -167,6 +174,7 @@ class Worker:
         return done
 
     def _heartbeat_loop(self) -> None:
+        logs.set_fields(worker_id=self.worker_id)
         while not self.stopping.wait(self.heartbeat_seconds):
             refs = self.held.as_refs()
             if not refs:
@@ -240,6 +248,7 @@ class Worker:
 
     def run_one(self, c: dict[str, Any]) -> int:
         tid, token = c["trial_id"], c["lease_token"]
+        logs.set_fields(sweep_id=c["sweep_id"], trial_id=tid)  # on this trial's log lines
         ref = {"trial_id": tid, "lease_token": token}
 
         def on_epoch(m: EpochMetrics) -> bool:
@@ -253,9 +262,13 @@ class Worker:
         def should_stop() -> bool:  # asked every step: stop at once when stopping or the lease is gone
             return self.stopping.is_set() or tid in self.held.lost
 
-        outcome: dict[str, Any] = {**ref, "device": self.device_name}
+        outcome: dict[str, Any] = {**ref, "device": self.device_name, "split": c["split"]}
+        outcome["versions"] = versions()
         try:
-            data = self.data.get(c["dataset"], c["split"])
+            source = (c["dataset"], c["split"], c.get("dataset_id"), c.get("data_hash"))
+            data = self.data.get(*source)
+            info = self.data.info(*source)
+            outcome["data_hash"] = info.data_hash
             cfg = TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes)
             result = train_trial(
                 cfg,
@@ -267,6 +280,13 @@ class Worker:
             )
             if result.status == "stopped":
                 raise TrialLost if tid in self.held.lost else Abandon
+            if c.get("upload_model") and result.status == "succeeded" and result.model is not None:
+                try:  # before `complete`, while the lease still fences the write
+                    upload_model(self.client, self.worker_id, c, model_files(c, cfg, data, info, result))
+                except ApiError as exc:
+                    if exc.status_code == 409:
+                        raise TrialLost from exc
+                    raise
             outcome.update(
                 status=result.status,
                 metrics=_finite({**result.metrics, **(result.test_metrics or {})}),
@@ -280,9 +300,9 @@ class Worker:
             return 0
         except Abandon:
             return 0  # still held: released by run()
-        except ApiError:
-            raise  # the API refused a report: not the trial's fault
         except Exception as exc:
+            if isinstance(exc, ApiError) and exc.status_code == 503:
+                raise  # the API is away (or we are stopping): not the trial's fault
             if is_out_of_memory(exc):
                 self._give_back_oom(ref, exc)
                 return 0

@@ -18,10 +18,15 @@ from app import __version__
 from app.api.middleware import AuthMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 from app.config import Settings, get_settings
 from app.db import Database
+from app.metrics import Metrics
+from app.migrate import head_revision
 from app.services.trials import extend_running_leases, reap_expired
 from app.spec import SpecError
 
 log = logging.getLogger("gridsweep.api")
+
+# Multipart uploads (datasets, models) may be up to GRIDSWEEP_MAX_UPLOAD_BYTES; other bodies are JSON.
+UPLOAD_PATHS = r"^/api/v1/datasets$|^/api/v1/workers/[^/]+/trials/[^/]+/model$"
 
 
 def _reap_once(db: Database, blind: bool, lease_seconds: float) -> tuple[str, int]:
@@ -45,6 +50,8 @@ async def _reaper(app: FastAPI) -> None:
         app.state.db_outage = False
         try:
             what, n = await run_in_threadpool(_reap_once, app.state.db, blind, settings.lease_seconds)
+            if what != "extended":
+                app.state.metrics.lease_reclaims.inc(n)
             if n:
                 log.info("reaper %s %d leases", what, n)
         except Exception as exc:  # the database may be down; try again next round
@@ -72,9 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
     app.state.db_outage = True  # no heartbeat could land before the API started
+    app.state.metrics = Metrics(app.state.db, settings)
+    app.state.head_revision = head_revision(settings.database_url)  # what /readyz expects
     # Added innermost first: security headers wrap everything, auth runs last.
     app.add_middleware(AuthMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_bytes=settings.max_upload_bytes,
+        upload_paths=UPLOAD_PATHS,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
 
     @app.exception_handler(SpecError)
@@ -100,11 +114,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
         return _unavailable(exc)
 
-    from app.api import routes_docs, routes_health, routes_sweeps, routes_tokens, routes_workers
+    from app.api import (
+        routes_datasets,
+        routes_docs,
+        routes_health,
+        routes_models,
+        routes_sweeps,
+        routes_tokens,
+        routes_workers,
+    )
+    from app.api.middleware import RequestMiddleware
+
+    # Outermost: request ids, one log line and the HTTP metrics for every answer (401/413 too).
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
 
     app.include_router(routes_health.router)
     app.include_router(routes_sweeps.router)
     app.include_router(routes_workers.router)
+    app.include_router(routes_datasets.router)
+    app.include_router(routes_models.router)
     app.include_router(routes_tokens.router)
     routes_docs.install_docs(app)
+
+    from app.dashboard import mount_dashboard
+
+    mount_dashboard(app)
     return app

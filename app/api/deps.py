@@ -33,8 +33,8 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-# scope="function": the transaction commits when the route returns, BEFORE the response is
-# sent, so a commit that fails (database gone) is a 503, never a 2xx for a lost write.
+# scope="function": the transaction commits before the response is sent. The default ("request")
+# commits after it, so a client could read a 201 and not find what it just created.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -1,14 +1,23 @@
-"""ASGI middleware: security headers, the request-body limit, authentication.
+"""ASGI middleware (pure ASGI: no response buffering, streaming untouched).
 
-Pure ASGI (no BaseHTTPMiddleware), so streaming responses and background tasks are
-untouched. Order in ``create_app`` (outermost first): security headers, body limit,
-authentication; so a 401 or a 413 carries the security headers too.
+* ``RequestMiddleware``: a request id (``X-Request-ID`` in and out), one log line, HTTP metrics.
+  The route label is the matched route's template, so ``/api/v1/sweeps/17`` and
+  ``/api/v1/sweeps/18`` are one series. Headers are never logged (Authorization carries tokens).
+* ``SecurityHeadersMiddleware``: CSP (same origin only) and friends on every answer; no CORS.
+* ``BodyLimitMiddleware``: 413 for a body over the limit, declared or chunked.
+* ``AuthMiddleware``: when auth is on, no valid token -> 401 (scopes: ``app.auth.Authorize``).
+
+Order in ``create_app`` (outermost first): request, security headers, body limit, auth; so a
+401 or a 413 is logged, counted and carries the security headers too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import time
+import uuid
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
@@ -17,9 +26,86 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
 from app.auth import PUBLIC_PATHS, authenticate, bearer_token
+from app.metrics import UNMATCHED_ROUTE, Metrics
 
-log = logging.getLogger("gridsweep.api")
+log = logging.getLogger("gridsweep.http")
+auth_log = logging.getLogger("gridsweep.api")
+
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's id is kept when it is short and plain; anything else is replaced (log injection).
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Busy, boring routes: logged at DEBUG when they succeed (workers poll and heartbeat all day).
+_QUIET_PREFIXES = ("/api/v1/workers", "/healthz", "/readyz", "/metrics")
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER.encode():
+            rid = value.decode("latin-1")
+            return rid if _VALID_ID.match(rid) else None
+    return None
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = incoming_request_id(scope) or uuid.uuid4().hex
+        logs.set_fields(request_id=rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("X-Request-ID", rid)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            self.metrics.observe_request(scope["method"], route, status, elapsed)
+            quiet = status < 400 and scope["path"].startswith(_QUIET_PREFIXES)
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "%s %s %s %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra=_extra(scope, route, status, elapsed),
+            )
+            logs.set_fields(request_id=None)
+
+
+def _extra(scope: Scope, route: str, status: int, elapsed: float) -> dict[str, Any]:
+    client = scope.get("client")
+    return {
+        "method": scope["method"],
+        "route": route,
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+        "client": client[0] if client else None,
+    }
+
 
 # Same origin only: no inline script or style, no framing, nothing from elsewhere (images may
 # also be data: URIs, as the icons in stylesheets are).
@@ -75,61 +161,72 @@ class SecurityHeadersMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 for a request body over ``max_bytes``, declared (Content-Length) or streamed (chunked).
+    """413 for a request body over the limit: declared (Content-Length) or streamed (chunked).
 
-    The body is read (up to the limit) before the app sees it and then replayed, so a
-    chunked upload cannot get past the limit and the app never parses a partial body.
+    Bytes are counted as the app reads them (nothing is buffered here). Past the limit the
+    app is told the client left, its answer is dropped and a 413 is sent instead, so a
+    chunked upload cannot get past the limit. Upload routes (``upload_paths``) have their own,
+    larger limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int = 0, upload_paths: str = "") -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_bytes = max(upload_bytes, max_bytes)
+        self.upload_paths = re.compile(upload_paths) if upload_paths else None
+
+    def limit_for(self, path: str) -> int:
+        if self.upload_paths is not None and self.upload_paths.match(path):
+            return self.upload_bytes
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 await send_json(send, 400, {"detail": "invalid Content-Length"}, {"connection": "close"})
                 return
-            if int(declared) > self.max_bytes:
-                await self._too_large(send)
+            if int(declared) > limit:
+                await self._too_large(send, limit)
                 return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
+        received = 0
+        over = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
-            if message["type"] != "http.request":  # client went away
-                await self.app(scope, _replay([message], receive), send)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([body], receive), send)
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
 
-    async def _too_large(self, send: Send) -> None:
-        detail = f"request body over the limit of {self.max_bytes} bytes"
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to a cut-off body: replaced by the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await self._too_large(send, limit)
+
+    async def _too_large(self, send: Send, limit: int) -> None:
+        detail = f"request body over the limit of {limit} bytes"
         await send_json(send, 413, {"detail": detail}, {"connection": "close"})
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """A receive that returns ``messages`` first, then defers to the real one (disconnects)."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
 
 
 class AuthMiddleware:
@@ -157,7 +254,7 @@ class AuthMiddleware:
             try:
                 principal = await run_in_threadpool(authenticate, state_app.state.db, token)
             except (DBAPIError, PoolTimeout) as exc:
-                log.warning("token check failed, database unavailable: %s", exc.__class__.__name__)
+                auth_log.warning("token check failed, database unavailable: %s", exc.__class__.__name__)
                 await send_json(
                     send, 503, {"detail": "database unavailable, retry later"}, {"retry-after": "1"}
                 )

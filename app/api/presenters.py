@@ -6,7 +6,7 @@ import statistics
 
 from sqlalchemy.orm import Session
 
-from app.models import Sweep, Trial, TrialStatus
+from app.models import Sweep, Trial, TrialRole, TrialStatus
 from app.schemas import BestRead, EpochRead, MetricRead, SeedResult, SweepRead, TrialDetail, TrialRead
 from app.services.sweeps import METRIC_COLUMNS, TEST_COLUMNS, final_trials, leaderboard, trial_counts
 from app.services.trial_queries import trial_epochs
@@ -47,7 +47,15 @@ def best_read(session: Session, sweep: Sweep) -> BestRead | None:
         },
         test=sweep.test_metrics or None,
         test_per_seed=[
-            SeedResult(seed=t.seed, trial_id=t.id, metrics=_metrics(t, TEST_COLUMNS)) for t in finals
+            SeedResult(seed=t.seed, trial_id=t.id, metrics=_metrics(t, TEST_COLUMNS))
+            for t in finals
+            if t.role == TrialRole.final
+        ],
+        refit_test=sweep.refit_test_metrics or None,
+        refit_per_seed=[
+            SeedResult(seed=t.seed, trial_id=t.id, metrics=_metrics(t, TEST_COLUMNS))
+            for t in finals
+            if t.role == TrialRole.refit
         ],
     )
 

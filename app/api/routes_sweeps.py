@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
@@ -24,7 +25,7 @@ from app.schemas import (
 )
 from app.services import idempotency
 from app.services import sweeps as sweep_service
-from app.services.trial_queries import SORTABLE, list_trials
+from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
 # Read tokens may GET; creating and canceling sweeps needs the submit scope.
 router = APIRouter(
@@ -132,13 +133,15 @@ def get_trials(
     session: ReadSessionDep,
     settings: SettingsDep,
     status_: Annotated[list[TrialStatus] | None, Query(alias="status")] = None,
-    role: Literal["search", "final"] = "search",
-    sort: Annotated[str, Query(pattern="^(" + "|".join(SORTABLE) + "|metric)$")] = "id",
+    role: Literal["search", "final", "refit", "rerun"] = "search",
+    sort: Annotated[
+        str, Query(pattern="^(" + "|".join(map(re.escape, SORTABLE + PARAM_SORTABLE)) + "|metric)$")
+    ] = "id",
     order: Literal["asc", "desc"] = "asc",
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[TrialRead]:
-    """A page of the sweep's trials; ``sort=metric`` sorts by the sweep's metric."""
+    """A page of the sweep's trials; ``sort=metric`` sorts by the sweep's metric, ``params.X`` by a param."""
     sweep = _sweep_or_404(session, sweep_id)
     limit = min(limit, settings.max_page_size)
     rows, total = list_trials(

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep
 from app.auth import require
-from app.models import Sweep, TokenScope, Trial, TrialRole, TrialStatus, Worker
+from app.models import Sweep, TokenScope, Trial, TrialStatus, Worker
 from app.schemas import (
     ClaimedTrial,
     ClaimRequest,
@@ -29,6 +29,7 @@ from app.schemas import (
     WorkerRead,
 )
 from app.services import trials as trial_service
+from app.services.artifacts import claim_plans
 
 log = logging.getLogger("gridsweep.api")
 
@@ -87,6 +88,7 @@ def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: Set
     sweeps = {
         s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))
     }
+    plans = claim_plans(session, trials, sweeps)
     return ClaimResponse(
         trials=[
             ClaimedTrial(
@@ -99,8 +101,7 @@ def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: Set
                 params=t.params,
                 dataset=sweeps[t.sweep_id].dataset,
                 split=sweeps[t.sweep_id].spec["split"],
-                evaluate_test=t.role == TrialRole.final,
-                refit=bool(sweeps[t.sweep_id].spec.get("refit")) and t.role == TrialRole.final,
+                **plans[t.id],
             )
             for t in trials
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,31 +20,47 @@ from app.models import (
     TrialRole,
     TrialStatus,
 )
+from app.services.datasets import check_split, find_dataset
 from app.spec import DataFacts, SpecError, SweepSpec, expand, validate_spec
 from worker.datasets import BUILTIN_DATASETS
 
 METRIC_COLUMNS = ("train_loss", "val_loss", "val_error", "val_accuracy")
 TEST_COLUMNS = ("test_loss", "test_error", "test_accuracy")
 FINAL_PRIORITY = 0  # final evaluations run before any search trial
+# Roles evaluated on the test split, and roles a finished grid waits for (reruns are extra).
+TEST_ROLES = (TrialRole.final, TrialRole.refit)
 
 
 def dataset_facts(session: Session, name: str) -> DataFacts:
     """Task and classes of the dataset a spec names, or a SpecError at ``dataset``."""
     info = BUILTIN_DATASETS.get(name)
-    if info is None:
+    if info is not None:
+        return DataFacts(task=info.task, n_classes=info.n_classes)
+    uploaded = find_dataset(session, name)
+    if uploaded is None:
         raise SpecError(
-            [{"loc": ("dataset",), "msg": f"unknown dataset {name!r}; built-in: {sorted(BUILTIN_DATASETS)}"}]
+            [
+                {
+                    "loc": ("dataset",),
+                    "msg": f"unknown dataset {name!r}: neither built-in ({sorted(BUILTIN_DATASETS)}) "
+                    "nor an uploaded dataset's id or name (GET /api/v1/datasets)",
+                }
+            ]
         )
-    return DataFacts(task=info.task, n_classes=info.n_classes)
+    return DataFacts(task=uploaded.task, n_classes=len(uploaded.classes))
 
 
 def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep:
     """Validate ``spec`` against its dataset and the limits, then store it and its trials."""
     facts = dataset_facts(session, spec.dataset)
     n = validate_spec(spec, facts, settings.max_trials, settings.max_epochs)
+    uploaded = None if spec.dataset in BUILTIN_DATASETS else find_dataset(session, spec.dataset)
+    if uploaded is not None:
+        check_split(session, uploaded, spec.split)
     sweep = Sweep(
         name=spec.name,
-        dataset=spec.dataset,
+        dataset=uploaded.name if uploaded is not None else spec.dataset,
+        dataset_id=uploaded.id if uploaded is not None else None,
         status=SweepStatus.queued,
         spec=spec.model_dump(mode="json"),
         metric_name=spec.metric.name,
@@ -161,8 +178,8 @@ def final_trials(session: Session, sweep_id: int) -> list[Trial]:
     return list(
         session.scalars(
             select(Trial)
-            .where(Trial.sweep_id == sweep_id, Trial.role == TrialRole.final)
-            .order_by(Trial.seed)
+            .where(Trial.sweep_id == sweep_id, Trial.role.in_(TEST_ROLES))
+            .order_by(Trial.role, Trial.seed)
         ).all()
     )
 
@@ -183,6 +200,10 @@ def cancel_sweep(session: Session, sweep: Sweep) -> Sweep:
     return sweep
 
 
+def _refit_pack_key(pack_key: str) -> str:
+    return hashlib.sha256(f"{pack_key}:refit".encode()).hexdigest()[:32]
+
+
 def finalize_if_done(session: Session, sweep_id: int) -> None:
     """Move a sweep on once its trials are done: queue the test evaluation, then finish.
 
@@ -195,7 +216,11 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
     pending = session.scalar(
         select(func.count())
         .select_from(Trial)
-        .where(Trial.sweep_id == sweep_id, Trial.status.not_in(TERMINAL_TRIAL_STATUSES))
+        .where(
+            Trial.sweep_id == sweep_id,
+            Trial.status.not_in(TERMINAL_TRIAL_STATUSES),
+            Trial.role != TrialRole.rerun,
+        )
     )
     if pending:
         return
@@ -210,32 +235,47 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
             return
         best = ranked[0]
         sweep.best_trial_id = best.trials[0].id
-        for t in best.trials:
-            session.add(
-                Trial(
-                    sweep_id=sweep.id,
-                    role=TrialRole.final,
-                    priority=FINAL_PRIORITY,
-                    config_index=t.config_index,
-                    config_key=t.config_key,
-                    pack_key=t.pack_key,
-                    seed=t.seed,
-                    params=t.params,
-                    status=TrialStatus.queued,
-                    max_attempts=t.max_attempts,
-                    created_at=now,
+        # Final: the best config retrained per seed on the training split, scored on test; the
+        # lowest seed's model is kept. Refit (spec.refit): the same on train + validation.
+        roles = [TrialRole.final, TrialRole.refit] if sweep.spec.get("refit") else [TrialRole.final]
+        for role in roles:
+            for t in best.trials:
+                session.add(
+                    Trial(
+                        sweep_id=sweep.id,
+                        role=role,
+                        priority=FINAL_PRIORITY,
+                        config_index=t.config_index,
+                        config_key=t.config_key,
+                        # Refit trials train on more rows: never packed with the others.
+                        pack_key=t.pack_key if role == TrialRole.final else _refit_pack_key(t.pack_key),
+                        seed=t.seed,
+                        params=t.params,
+                        status=TrialStatus.queued,
+                        max_attempts=t.max_attempts,
+                        created_at=now,
+                    )
                 )
-            )
         session.flush()
         return
-    ok = [t for t in finals if t.status == TrialStatus.succeeded]
-    if ok:
-        sweep.test_metrics = {
-            col: statistics.fmean(getattr(t, col) for t in ok)
-            for col in TEST_COLUMNS
-            if all(getattr(t, col) is not None for t in ok)
-        }
-    else:
-        sweep.error = "test evaluation failed: " + "; ".join(f"seed {t.seed}: {t.error}" for t in finals)
+    errors = []
+    for role, attr in ((TrialRole.final, "test_metrics"), (TrialRole.refit, "refit_test_metrics")):
+        of_role = [t for t in finals if t.role == role]
+        ok = [t for t in of_role if t.status == TrialStatus.succeeded]
+        if ok:
+            setattr(
+                sweep,
+                attr,
+                {
+                    col: statistics.fmean(getattr(t, col) for t in ok)
+                    for col in TEST_COLUMNS
+                    if all(getattr(t, col) is not None for t in ok)
+                },
+            )
+        elif of_role:
+            label = "test evaluation" if role == TrialRole.final else "refit"
+            errors.append(f"{label} failed: " + "; ".join(f"seed {t.seed}: {t.error}" for t in of_role))
+    if errors:
+        sweep.error = "; ".join(errors)
     sweep.status = SweepStatus.succeeded
     sweep.finished_at = now

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.db import json_key
 from app.models import Trial, TrialEpoch
+from app.spec import AXES
 
 SORTABLE = (
     "id",
@@ -21,6 +25,17 @@ SORTABLE = (
     "created_at",
     "finished_at",
 )
+# A grid parameter sorts by its value (numbers numerically): ``sort=params.learning_rate``.
+PARAM_SORTABLE = tuple(f"params.{axis}" for axis in AXES)
+
+
+def sort_column(session: Session, sort: str) -> Any:
+    """The SQL expression for ``sort``: a column of SORTABLE or ``params.<axis>``."""
+    if sort in PARAM_SORTABLE:
+        return json_key(session, Trial.params, sort.removeprefix("params."))
+    if sort in SORTABLE:
+        return getattr(Trial, sort)
+    raise ValueError(f"cannot sort trials by {sort!r}")
 
 
 def list_trials(
@@ -41,7 +56,7 @@ def list_trials(
     if role:
         where.append(Trial.role == role)
     total = session.scalar(select(func.count()).select_from(Trial).where(*where)) or 0
-    col = getattr(Trial, sort)
+    col = sort_column(session, sort)
     key = (col.desc() if order == "desc" else col.asc()).nulls_last()
     rows = session.scalars(
         select(Trial).where(*where).order_by(key, Trial.id.asc()).limit(limit).offset(offset)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now, for_update_skip_locked, insert_ignore
 from app.models import Sweep, SweepStatus, Trial, TrialEpoch, TrialStatus, Worker, WorkerStatus
-from app.services.sweeps import finalize_if_done
+from app.services.sweeps import TEST_ROLES, finalize_if_done
 
 CLAIM_ORDER = (Trial.priority, Trial.sweep_id, Trial.config_index, Trial.seed, Trial.id)
 
@@ -67,9 +67,8 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     ).first()
     if head is None:
         return []
-    # The ids are fetched (and locked) in a statement of their own. Inlined as
-    # ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)``, PostgreSQL may
-    # run the subquery more than once and so update far more than n rows.
+    # Select the ids first: as a subquery of the UPDATE, PostgreSQL may re-run the LIMIT ... SKIP
+    # LOCKED select per row and claim more than max_trials.
     ids = session.scalars(
         select(Trial.id)
         .where(
@@ -215,8 +214,12 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
         t.status = TrialStatus(o["status"])
         metrics = o.get("metrics") or {}
         for col in FINAL_COLUMNS:
-            if col in metrics:
+            # Test numbers only for the final and refit trials: nobody can pick a config by test.
+            if col in metrics and (not col.startswith("test_") or t.role in TEST_ROLES):
                 setattr(t, col, metrics[col])
+        for col in ("data_hash", "split", "versions"):  # what it takes to run the trial again
+            if o.get(col) is not None:
+                setattr(t, col, o[col])
         if o.get("epochs_done") is not None:
             t.epochs_done = o["epochs_done"]
         t.error = o.get("error")

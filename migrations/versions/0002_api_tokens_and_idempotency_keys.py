@@ -1,7 +1,7 @@
 """api tokens and idempotency keys
 
 Revision ID: 0002
-Revises: 0001
+Revises: 0003
 Create Date: 2026-11-22
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0002'
-down_revision: Union[str, Sequence[str], None] = '0001'
+down_revision: Union[str, Sequence[str], None] = '0003'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,0 +1,375 @@
+"""Tables (CSV, Parquet) -> validated numeric arrays, and the feature encoding for predictions.
+
+Pure: pandas + numpy, no database or HTTP. Every rejection is a ``TableError`` whose
+errors carry a ``loc`` (the request field) and a message that names the column and the
+row. Rows are numbered from 1 in file order, the header not counted.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# A numeric target with at most this many distinct integer values is taken for class labels.
+MAX_INFERRED_CLASSES = 20
+# An upload must leave at least one row in each part of the default split.
+DEFAULT_VALIDATION, DEFAULT_TEST = 0.2, 0.2
+FORMATS = ("csv", "parquet")
+
+
+class TableError(ValueError):
+    """The table cannot be used; ``errors`` are ``{"loc": (...), "msg": ...}`` like a 422's detail."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(e["msg"] for e in errors))
+
+
+def _err(loc: str | tuple[Any, ...], msg: str) -> TableError:
+    return TableError([{"loc": (loc,) if isinstance(loc, str) else loc, "msg": msg}])
+
+
+@dataclass
+class Encoding:
+    """How a row of the file becomes the model's input: feature columns in file order; each
+    categorical column becomes one 0/1 column per category (``col=value``, categories sorted)."""
+
+    columns: list[str]
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        out: list[str] = []
+        for c in self.columns:
+            out += [f"{c}={v}" for v in self.categorical[c]] if c in self.categorical else [c]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": list(self.columns),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Encoding:
+        return cls(list(d["columns"]), {k: list(v) for k, v in (d.get("categorical") or {}).items()})
+
+
+@dataclass
+class PreparedTable:
+    X: np.ndarray  # float64 [n, d], categorical columns one-hot encoded
+    y: np.ndarray  # class labels (python-comparable) or float64 targets
+    task: str
+    task_source: str  # "given" | "inferred"
+    task_reason: str
+    classes: list[Any]
+    encoding: Encoding
+    columns: list[dict[str, Any]]  # schema: name, dtype, role and statistics
+    format: str
+    n_dropped: int
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+
+def detect_format(raw: bytes, filename: str | None) -> str:
+    suffix = PurePath(filename or "").suffix.lower()
+    if suffix in (".parquet", ".pq") or raw[:4] == b"PAR1":
+        return "parquet"
+    return "csv"
+
+
+def read_table(raw: bytes, filename: str | None) -> tuple[pd.DataFrame, str]:
+    """Parse the bytes of a CSV or Parquet file (Parquet by extension or magic bytes)."""
+    if not raw.strip():
+        raise _err("file", "the file is empty")
+    fmt = detect_format(raw, filename)
+    try:
+        df = pd.read_parquet(io.BytesIO(raw)) if fmt == "parquet" else pd.read_csv(io.BytesIO(raw))
+    except Exception as exc:  # pandas/pyarrow raise many types; all mean "not a readable table"
+        raise _err("file", f"cannot read the file as {fmt.upper()}: {exc}") from exc
+    df.columns = [str(c) for c in df.columns]
+    if len(set(df.columns)) != len(df.columns):
+        dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+        raise _err("file", f"duplicate column names: {dup}")
+    if len(df) == 0:
+        raise _err("file", "the file has a header but no data rows")
+    return df.reset_index(drop=True), fmt
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+
+
+def _rows(mask: np.ndarray) -> tuple[int, int]:
+    """(first 1-based row where ``mask`` holds, how many rows)."""
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) + 1, len(idx)
+
+
+def _more(n: int) -> str:
+    return f" ({n} rows in all)" if n > 1 else ""
+
+
+def _to_float(s: pd.Series, col: str, loc: tuple[Any, ...], hint: str) -> np.ndarray:
+    """A column as float64, or a TableError naming the first row that is not a number."""
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype(np.float64).to_numpy()
+    if _is_numeric(s):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan)
+    conv = pd.to_numeric(s, errors="coerce")
+    bad = (conv.isna() & s.notna()).to_numpy()
+    if bad.any():
+        row, n = _rows(bad)
+        raise _err(loc, f"column {col!r} is not numeric: row {row} is {s.iloc[row - 1]!r}{_more(n)}; {hint}")
+    return conv.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _missing_msg(col: str, values: np.ndarray | pd.Series, numeric: bool) -> str | None:
+    missing = pd.isna(values)
+    missing = np.asarray(missing)
+    if missing.any():
+        row, n = _rows(missing)
+        return f"column {col!r} has a missing value in row {row}{_more(n)}; fix the file or drop such rows"
+    if numeric:
+        inf = np.isinf(np.asarray(values, dtype=np.float64))
+        if inf.any():
+            row, n = _rows(inf)
+            return (
+                f"column {col!r} has an infinite value in row {row}{_more(n)}; fix the file or drop such rows"
+            )
+    return None
+
+
+def _bad_rows(values: np.ndarray | pd.Series, numeric: bool) -> np.ndarray:
+    bad = np.asarray(pd.isna(values))
+    if numeric:
+        bad = bad | np.isinf(np.asarray(values, dtype=np.float64))
+    return bad
+
+
+def _infer_task(y: pd.Series, target: str) -> tuple[str, str]:
+    if not _is_numeric(y) or pd.api.types.is_bool_dtype(y):
+        return "classification", f"target {target!r} is not numeric, so its values are class labels"
+    v = y.to_numpy(dtype=np.float64)
+    distinct = len(np.unique(v))
+    integral = bool(np.all(v == np.floor(v)))
+    if integral and distinct <= MAX_INFERRED_CLASSES:
+        return (
+            "classification",
+            f"target {target!r} has {distinct} distinct integer values "
+            f"(at most {MAX_INFERRED_CLASSES}), so they are class labels",
+        )
+    why = (
+        "non-integer values" if not integral else f"{distinct} distinct values (over {MAX_INFERRED_CLASSES})"
+    )
+    return "regression", f"target {target!r} is numeric with {why}, so it is a regression target"
+
+
+def _labels(y: pd.Series) -> np.ndarray:
+    """Class labels as one comparable type: ints for integral numbers, else strings."""
+    if _is_numeric(y) and not pd.api.types.is_bool_dtype(y):
+        v = y.to_numpy(dtype=np.float64)
+        if np.all(v == np.floor(v)):
+            return v.astype(np.int64)
+        return v
+    return y.astype(str).to_numpy()
+
+
+def category_text(s: pd.Series) -> np.ndarray:
+    """A categorical column's values as text; whole numbers without ".0", so a column read as
+    float (because another row was empty) names its categories as one read as int does."""
+    if _is_numeric(s) and not pd.api.types.is_bool_dtype(s):
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.array(
+            [str(int(x)) if np.isfinite(x) and x == int(x) else repr(float(x)) for x in v], dtype=object
+        )
+    return s.astype(str).to_numpy(dtype=object)
+
+
+def _py(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _num_stats(v: np.ndarray) -> dict[str, float]:
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+
+
+def min_rows_for_split(n: int, validation: float, test: float) -> tuple[int, int, int]:
+    """(train, validation, test) row counts, rounded as ``worker.datasets.split_dataset`` does."""
+    n_test, n_val = round(n * test), round(n * validation)
+    return n - n_val - n_test, n_val, n_test
+
+
+def prepare_table(
+    raw: bytes,
+    filename: str | None,
+    target: str,
+    task: str | None = None,
+    categorical: Sequence[str] = (),
+    drop_missing: bool = False,
+) -> PreparedTable:
+    """Parse, validate and encode an uploaded table (see the module docstring for the rules)."""
+    df, fmt = read_table(raw, filename)
+    if target not in df.columns:
+        raise _err("target", f"column {target!r} is not in the file; its columns are {list(df.columns)}")
+    errors = [
+        {"loc": ("categorical", i), "msg": f"categorical column {c!r} is not in the file"}
+        for i, c in enumerate(categorical)
+        if c not in df.columns
+    ] + [
+        {"loc": ("categorical", i), "msg": f"{c!r} is the target; only feature columns can be categorical"}
+        for i, c in enumerate(categorical)
+        if c == target
+    ]
+    if errors:
+        raise TableError(errors)
+    features = [c for c in df.columns if c != target]
+    if not features:
+        raise _err("file", f"the file has no feature columns besides the target {target!r}")
+    cats = set(categorical)
+
+    # 1. Every non-categorical feature must be numeric (report every such column at once).
+    numeric: dict[str, np.ndarray] = {}
+    for c in features:
+        if c in cats:
+            continue
+        try:
+            numeric[c] = _to_float(
+                df[c], c, ("file", c), f"declare it categorical (--categorical {c}) or drop it"
+            )
+        except TableError as exc:
+            errors += exc.errors
+    y_col = df[target]
+    if task == "regression":
+        try:
+            _to_float(y_col, target, ("target",), "a regression target must be numeric")
+        except TableError as exc:
+            errors += exc.errors
+    if errors:
+        raise TableError(errors)
+
+    # 2. Missing or infinite values: an error per column, or drop those rows.
+    checks: list[tuple[str, Any, bool]] = [
+        (c, numeric[c] if c in numeric else df[c].to_numpy(dtype=object), c in numeric) for c in features
+    ]
+    y_numeric = _is_numeric(y_col) and not pd.api.types.is_bool_dtype(y_col)
+    checks.append(
+        (target, y_col.to_numpy(dtype=np.float64) if y_numeric else y_col.to_numpy(dtype=object), y_numeric)
+    )
+    n_dropped = 0
+    if drop_missing:
+        bad = np.zeros(len(df), dtype=bool)
+        for _, values, is_num in checks:
+            bad |= _bad_rows(values, is_num)
+        n_dropped = int(bad.sum())
+        if n_dropped:
+            keep = ~bad
+            df = df[keep].reset_index(drop=True)
+            numeric = {c: v[keep] for c, v in numeric.items()}
+            y_col = df[target]
+    else:
+        for c, values, is_num in checks:
+            if (msg := _missing_msg(c, values, is_num)) is not None:
+                loc = ("target",) if c == target else ("file", c)
+                errors.append({"loc": loc, "msg": msg + " (or pass drop_missing / --drop-missing)"})
+        if errors:
+            raise TableError(errors)
+
+    n = len(df)
+    n_train, n_val, n_test = min_rows_for_split(n, DEFAULT_VALIDATION, DEFAULT_TEST)
+    if min(n_train, n_val, n_test) < 1:
+        dropped = f" after dropping {n_dropped} with missing values" if n_dropped else ""
+        raise _err(
+            "file",
+            f"the file has {n} rows{dropped}; the default split (validation {DEFAULT_VALIDATION}, "
+            f"test {DEFAULT_TEST}) needs at least one row in each of train, validation and test",
+        )
+
+    # 3. The task, given or inferred, and the target's values.
+    if task is None:
+        task, reason = _infer_task(y_col, target)
+        source = "inferred"
+    else:
+        source, reason = "given", f"task {task!r} given at upload"
+    classes: list[Any] = []
+    if task == "regression":
+        y = y_col.to_numpy(dtype=np.float64)
+        target_stats: dict[str, Any] = _num_stats(y)
+    else:
+        y = _labels(y_col)
+        uniq, counts = np.unique(y, return_counts=True)
+        classes = [_py(u) for u in uniq]
+        if len(classes) < 2:
+            raise _err(
+                "target",
+                f"column {target!r} has a single class ({classes[0]!r}) in all {n} rows; "
+                "a classification target needs at least 2 classes",
+            )
+        target_stats = {"class_counts": {str(k): int(v) for k, v in zip(classes, counts, strict=True)}}
+
+    # 4. Encode: numeric columns as they are, categorical ones one-hot.
+    encoding = Encoding(
+        columns=features, categorical={c: sorted(set(category_text(df[c]))) for c in features if c in cats}
+    )
+    X = encode_frame(df, encoding)
+    columns: list[dict[str, Any]] = []
+    for c in features:
+        col: dict[str, Any] = {"name": c, "dtype": str(df[c].dtype)}
+        if c in cats:
+            col.update(role="categorical", categories=encoding.categorical[c])
+        else:
+            col.update(role="feature", **_num_stats(numeric[c]))
+        columns.append(col)
+    columns.append({"name": target, "dtype": str(y_col.dtype), "role": "target", **target_stats})
+    return PreparedTable(X, y, task, source, reason, classes, encoding, columns, fmt, n_dropped)
+
+
+def encode_frame(df: pd.DataFrame, encoding: Encoding) -> np.ndarray:
+    """The model input (float64 ``[n, d]``) of a table's rows; errors name the column and row."""
+    missing = [c for c in encoding.columns if c not in df.columns]
+    if missing:
+        raise _err("file", f"the file lacks the feature column(s) {missing} the model was trained on")
+    parts: list[np.ndarray] = []
+    errors: list[dict[str, Any]] = []
+    for c in encoding.columns:
+        s = df[c]
+        if c in encoding.categorical:
+            cats = encoding.categorical[c]
+            values = s.to_numpy(dtype=object)
+            if (msg := _missing_msg(c, values, numeric=False)) is not None:
+                errors.append({"loc": ("file", c), "msg": msg})
+                continue
+            text = category_text(s)
+            unknown = ~np.isin(text, cats)
+            if unknown.any():
+                row, k = _rows(unknown)
+                errors.append(
+                    {
+                        "loc": ("file", c),
+                        "msg": f"column {c!r} row {row} has the category {text[row - 1]!r}{_more(k)}, "
+                        f"not seen in training (known: {cats})",
+                    }
+                )
+                continue
+            parts.append((text[:, None] == np.asarray(cats, dtype=object)[None, :]).astype(np.float64))
+            continue
+        try:
+            v = _to_float(s, c, ("file", c), "the model needs a number")
+        except TableError as exc:
+            errors += exc.errors
+            continue
+        if (msg := _missing_msg(c, v, numeric=True)) is not None:
+            errors.append({"loc": ("file", c), "msg": msg})
+            continue
+        parts.append(v[:, None])
+    if errors:
+        raise TableError(errors)
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float64)
