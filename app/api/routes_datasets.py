@@ -8,10 +8,10 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Response, Uploa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.auth import require
 from app.models import Dataset, Sweep, TokenScope
-from app.schemas import Page
+from app.schemas import DB_INT_MAX, Page
 from app.schemas_datasets import DatasetDetail, DatasetRead
 from app.services import datasets as svc
 from app.tabular import TableError
@@ -95,7 +95,7 @@ def list_datasets(
     session: ReadSessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> Page[DatasetRead]:
     """Uploaded datasets, newest first."""
     limit = min(limit, settings.max_page_size)
@@ -130,7 +130,7 @@ def delete_dataset(ref: str, session: SessionDep) -> Response:
 
 
 @router.get("/{dataset_id}/data", dependencies=[WORKER_DATA], tags=["workers"], response_class=Response)
-def get_dataset_data(dataset_id: int, session: ReadSessionDep) -> Response:
+def get_dataset_data(dataset_id: IdPath, session: ReadSessionDep) -> Response:
     """The encoded arrays (.npz) for workers; the data hash is in a header."""
     loaded = svc.dataset_bytes(session, dataset_id)
     if loaded is None:

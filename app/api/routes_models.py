@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 from sqlalchemy import select
 
-from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.api.routes_datasets import read_limited
 from app.auth import require
 from app.models import Sweep, TokenScope, Trial, TrialStatus
-from app.schemas import TrialRead
+from app.schemas import ErrorRead, TrialRead
 from app.schemas_datasets import ModelArtifactRead
 from app.services import artifacts, reruns
 
@@ -27,13 +27,14 @@ Format = Literal["state_dict", "torchscript"]
 @router.post(
     "/workers/{worker_id}/trials/{trial_id}/model",
     dependencies=[WORKER],
+    responses={409: {"model": ErrorRead, "description": "the lease is not (or no longer) held"}},
     status_code=status.HTTP_201_CREATED,
     response_model=list[ModelArtifactRead],
     tags=["workers"],
 )
 def upload_model(
     worker_id: str,
-    trial_id: int,
+    trial_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     lease_token: Annotated[str, Form(min_length=1, max_length=64)],
@@ -64,7 +65,7 @@ def upload_model(
 
 
 @router.get("/sweeps/{sweep_id}/models", dependencies=[SUBMIT], response_model=list[ModelArtifactRead])
-def list_models(sweep_id: int, session: ReadSessionDep) -> list[ModelArtifactRead]:
+def list_models(sweep_id: IdPath, session: ReadSessionDep) -> list[ModelArtifactRead]:
     """The sweep's stored models (kind best and, with refit, refit; each as state_dict and torchscript)."""
     if session.get(Sweep, sweep_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found")
@@ -73,7 +74,7 @@ def list_models(sweep_id: int, session: ReadSessionDep) -> list[ModelArtifactRea
 
 @router.get("/sweeps/{sweep_id}/model", dependencies=[SUBMIT], response_class=Response)
 def download_model(
-    sweep_id: int,
+    sweep_id: IdPath,
     session: ReadSessionDep,
     kind: Annotated[Kind, Query()] = "best",
     format: Annotated[Format, Query()] = "state_dict",
@@ -105,7 +106,7 @@ def download_model(
     response_model=TrialRead,
     tags=["trials"],
 )
-def rerun(trial_id: int, session: SessionDep, settings: SettingsDep) -> TrialRead:
+def rerun(trial_id: IdPath, session: SessionDep, settings: SettingsDep) -> TrialRead:
     """Queue an identical copy of an ended trial (role rerun, not ranked)."""
     source = session.get(Trial, trial_id)
     if source is None:
