@@ -276,6 +276,12 @@ def test_limits_headers_and_no_cors(secured: tuple[Server, dict[str, str], str])
     chunked = c.post("/api/v1/sweeps", content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
 
+    # Uploads have their own, larger limit (GRIDSWEEP_MAX_UPLOAD_BYTES): 1.5 MiB of CSV gets in.
+    csv = b"x,y\n" + b"0.5,1\n0.25,0\n" * (3 * limit // 24)
+    assert len(csv) > limit
+    upload = c.post("/api/v1/datasets", files={"file": ("big.csv", csv)}, data={"target": "y"})
+    assert upload.status_code in (200, 201), upload.text[:300]
+
     grid = c.post("/api/v1/sweeps", json=spec("huge", 200, hidden_units=list(range(1, 61))))
     assert grid.status_code == 422
     msg = grid.json()["detail"][0]["msg"]
