@@ -17,7 +17,7 @@ from app.models import Trial, TrialEpoch
 from app.services.tokens import create_token
 
 # Short heartbeats and leases, so that lost workers are noticed within seconds.
-FAST_LEASES = {"heartbeat_seconds": "0.5", "lease_seconds": "2", "reaper_interval_seconds": "0.5"}
+FAST_LEASES = {"heartbeat_seconds": "0.5", "lease_seconds": "3", "reaper_interval_seconds": "0.5"}
 
 
 def make_tokens(db_url: str, **scopes: str) -> dict[str, str]:

@@ -189,8 +189,10 @@ class Worker:
         self.pending.clear()  # reports of released attempts: the API drops those rows anyway
         if refs:
             try:
-                self.client.release(self.worker_id, refs)
-                log.info("released %d trials", len(refs))
+                states = self.client.release(self.worker_id, refs)
+                ok = sum(1 for st in states.values() if st == "ok")
+                # The others' leases had expired (and been requeued by the reaper) already.
+                log.info("released %d trials (%d already requeued)", ok, len(refs) - ok)
             except ApiError as exc:
                 log.warning("release failed (the reaper will requeue them): %s", exc)
             with self.held.lock:
