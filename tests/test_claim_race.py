@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.models import Trial
 from tests.conftest import Server
-from tests.robust_helpers import spec
+from tests.robust_helpers import log_text, spec
 
 N_TRIALS = 1000
 N_CLAIMERS = 8
@@ -80,3 +81,4 @@ def test_concurrent_claims_never_duplicate_or_skip(
     assert by_status == {"running": N_TRIALS}
     assert attempts == {1: N_TRIALS}
     assert owners > 1  # the claimers really raced
+    assert "database is locked" not in log_text(Path(server.log.name))  # SQLite: WAL + BEGIN IMMEDIATE
