@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -14,7 +15,15 @@ import uvicorn
 from app import cli_ci
 from app import cli_output as out
 from app.config import Settings, get_settings
-from app.local import ThreadServer, free_port, gridsweep_cmd, spawn, stop_all, wait_healthy
+from app.local import (
+    LOCAL_TORCH_THREADS,
+    ThreadServer,
+    free_port,
+    gridsweep_cmd,
+    spawn,
+    stop_all,
+    wait_healthy,
+)
 from app.logs import configure_logging
 from worker.client import ApiClient, ApiError
 
@@ -211,6 +220,11 @@ def up(
     if settings.auth_enabled and workers and not os.environ.get("GRIDSWEEP_TOKEN"):
         raise click.UsageError("auth is on: set GRIDSWEEP_TOKEN to a worker token for the local workers")
     url = f"http://{host}:{port}"
+    # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
+    # this process alone and orphaned the server and workers). An ignored signal stays ignored (nohup).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
     serve_args = ["serve", "--host", host, "--port", str(port), "--auth", settings.auth]
     server = spawn(
         gridsweep_cmd(*serve_args, *(["--insecure"] if insecure else [])),
@@ -219,7 +233,7 @@ def up(
     procs = [server]
     try:
         wait_healthy(url, timeout=60, proc=server)
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+        threads = str(LOCAL_TORCH_THREADS)
         for _ in range(workers):
             procs.append(
                 spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads))
@@ -229,11 +243,24 @@ def up(
         )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
+        died = next(p for p in procs if p.poll() is not None)
+        click.echo(f"gridsweep up: the {died.args[3]} process exited ({died.returncode}); stopping", err=True)
+        code = 1
     except KeyboardInterrupt:
         click.echo("stopping...", err=True)
+        code = 0
     finally:
+        # The children have process groups of their own (a terminal's Ctrl-C reaches only this
+        # process): workers stop first and release their trials while the server still answers.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stop_all(procs[1:])
         stop_all(procs[:1])
+    sys.exit(code)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def call_create(client: ApiClient, body: dict[str, Any], server: str) -> dict[str, Any]:
@@ -259,8 +286,13 @@ def run(
     """Run one sweep to the end locally (no separate server) and print the leaderboard."""
     from app.migrate import upgrade
     from worker.loop import Worker
+    from worker.train import select_device
 
     spec = out.load_spec(spec_file)
+    try:  # a bad --device fails here, not after the sweep is stored (left queued, with a traceback)
+        select_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     # An in-process API on loopback for this one run: its own workers need no token.
     settings = settings_for(db).model_copy(update={"auth": "off"})
     upgrade(settings.database_url)
@@ -273,7 +305,7 @@ def run(
         def sweep_done() -> bool:
             return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = LOCAL_TORCH_THREADS
         helpers = [
             spawn(
                 gridsweep_cmd(
@@ -340,7 +372,6 @@ def best(sweep_id: int, server: str, as_json: bool) -> None:
         out.echo_json(result)
     else:
         click.echo(out.best_text(result))
-
 
 
 # Datasets, models, predict, rerun (app/cli_data.py).

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.spec import SweepSpec
 
 T = TypeVar("T")
+# Metrics a worker reports: JSON has no NaN/inf, and a stored one would rank and render wrong
+# (the worker sends a non-finite value as null).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 # Ids, offsets and counts are INTEGER columns (32-bit on PostgreSQL): bigger is a 422, not a 500.
 DB_INT_MAX = 2**31 - 1
@@ -183,7 +186,7 @@ class LeaseRef(BaseModel):
     # JSON has no NaN/inf (Python's parser takes them): refuse them rather than store them.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    trial_id: int = Field(ge=0, le=DB_INT_MAX)
+    trial_id: int = Field(ge=1, le=DB_INT_MAX)
     lease_token: str = Field(min_length=1, max_length=64)
 
 
@@ -202,10 +205,10 @@ class ReleaseRequest(LeasesRequest):
 
 class EpochReport(LeaseRef):
     epoch: int = Field(ge=1, le=DB_INT_MAX)
-    train_loss: float | None = None
-    val_loss: float | None = None
-    val_error: float | None = None
-    val_accuracy: float | None = None
+    train_loss: FiniteFloat | None = None
+    val_loss: FiniteFloat | None = None
+    val_error: FiniteFloat | None = None
+    val_accuracy: FiniteFloat | None = None
 
 
 class EpochsRequest(BaseModel):
@@ -216,7 +219,7 @@ class EpochsRequest(BaseModel):
 
 class TrialOutcome(LeaseRef):
     status: Literal["succeeded", "failed", "diverged", "canceled"]
-    metrics: dict[str, float | None] = {}
+    metrics: dict[str, FiniteFloat | None] = {}
     epochs_done: int | None = Field(None, ge=0, le=DB_INT_MAX)
     error: str | None = Field(None, max_length=20_000)
     device: str | None = Field(None, max_length=64)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from worker.config import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
 
@@ -116,7 +116,8 @@ class SplitSpec(BaseModel):
 
     validation: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
-    seed: int = Field(0, ge=0)
+    # Bounded like trial seeds: the batch order is seeded from it (torch seeds are 64-bit).
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitSpec:
@@ -145,11 +146,13 @@ class SweepSpec(BaseModel):
     split: SplitSpec = SplitSpec()
     refit: bool = False
 
-    @model_validator(mode="after")
-    def _unique_seeds(self) -> SweepSpec:
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
-        return self
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        # A field validator, so the error's path is `seeds` (not the whole spec).
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
 
 
 @dataclass(frozen=True)

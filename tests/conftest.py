@@ -119,22 +119,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = cli_env(**{f"GRIDSWEEP_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "serve",
-                "--db",
-                db_url,
-                "--port",
-                str(self.port),
-                "--no-upgrade",
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "app.cli", "serve", "--db", db_url, "--port", str(self.port),
+             "--no-upgrade"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_healthy(self.url, timeout=60, proc=self.proc)
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -161,7 +150,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture
-def server(start_server: Callable[..., Server], db_url: str) -> Server:
+def server(db_url: str, start_server: Callable[..., Server]) -> Server:
+    # db_url first: fixtures are torn down in reverse, so the server stops before its database is dropped.
     return start_server(db_url)
 
 
@@ -171,7 +161,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(server_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # the child keeps it
         p = subprocess.Popen(
             [
                 sys.executable,

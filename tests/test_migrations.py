@@ -15,9 +15,8 @@ def test_upgrade_head_matches_models_exactly(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
-            )
+            opts = {"compare_type": True, "compare_server_default": True}
+            ctx = MigrationContext.configure(conn, opts=opts)
             diff = compare_metadata(ctx, Base.metadata)
         assert diff == [], f"models and migrations drifted: {diff}"
         assert is_at_head(engine)

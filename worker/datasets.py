@@ -115,8 +115,8 @@ def make_dataset(name: str, task: str, X: Any, y: Any, feature_names: Sequence[s
 
 
 def _skd() -> Any:
-    # Imported on first use: scikit-learn (and scipy) take seconds to import, and every
-    # CLI process and API server imports this module only for the BUILTIN_DATASETS table.
+    """scikit-learn's datasets, imported on first use: it takes ~1.5 s, and the API (which
+    imports this module for ``BUILTIN_DATASETS``) never generates data."""
     from sklearn import datasets
 
     return datasets

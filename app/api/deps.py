@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
-from app.schemas import DB_INT_MAX, ErrorRead
+from app.schemas import ErrorRead
 
 
 def get_db(request: Request) -> Database:
@@ -33,13 +33,17 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-# scope="function": the transaction commits before the response is sent. The default ("request")
-# commits after it, so a client could read a 201 and not find what it just created.
+# Ids are 32-bit INTEGER columns (PostgreSQL int4): a larger one is no row, not a driver error.
+MAX_ID = 2**31 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# scope="function": the transaction commits before the response is sent. FastAPI's default
+# ("request") commits after it, so a client could read before its own write had landed, and a
+# failed commit (a claim, a result) would already have been answered 200.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
-IdPath = Annotated[int, Path(ge=0, le=DB_INT_MAX)]
 
 # Answers any guarded route may give besides its own (documented in the OpenAPI schema).
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {

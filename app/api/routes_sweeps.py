@@ -8,12 +8,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.api.presenters import best_read, sweep_read, trial_detail
 from app.auth import PrincipalDep, require
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
-    DB_INT_MAX,
     BestRead,
     LeaderboardEntry,
     Page,
@@ -36,7 +35,7 @@ router = APIRouter(
 )
 
 Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
-Offset = Annotated[int, Query(ge=0, le=DB_INT_MAX)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 IdempotencyKey = Annotated[
     str | None,
     Header(min_length=1, max_length=255, description="the same key and body return the first answer"),

@@ -69,8 +69,9 @@ def check_name(name: str) -> None:
 def find_dataset(session: Session, ref: str | int) -> Dataset | None:
     """An uploaded dataset by id (an integer or all-digit string) or by name."""
     ref = str(ref)
-    if ref.isdigit():
-        return session.get(Dataset, int(ref))
+    if ref.isascii() and ref.isdigit():  # not "²": str.isdigit takes digits int() refuses
+        # An id past the INTEGER column (PostgreSQL int4, 64-bit SQLite) is no row, not a driver error.
+        return session.get(Dataset, int(ref)) if int(ref) <= 2**31 - 1 else None
     return session.scalars(select(Dataset).where(Dataset.name == ref)).first()
 
 

@@ -67,8 +67,9 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     ).first()
     if head is None:
         return []
-    # Select the ids first: as a subquery of the UPDATE, PostgreSQL may re-run the LIMIT ... SKIP
-    # LOCKED select per row and claim more than max_trials.
+    # Pick and lock the ids in a statement of their own. As a subquery of the UPDATE,
+    # PostgreSQL may rescan it per row: each rescan skips the rows the UPDATE has just
+    # changed and takes the next ones, so LIMIT stops limiting and one claim takes the pack.
     ids = session.scalars(
         select(Trial.id)
         .where(
@@ -83,7 +84,7 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     token = secrets.token_hex(16)
     trials = session.scalars(
         update(Trial)
-        .where(Trial.id.in_(ids), Trial.status == TrialStatus.queued)
+        .where(Trial.id.in_(list(ids)), Trial.status == TrialStatus.queued)
         .values(
             status=TrialStatus.running,
             attempt=Trial.attempt + 1,

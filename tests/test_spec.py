@@ -1,0 +1,306 @@
+"""The sweep spec: every rejection the issue lists, and grid expansion (pure, no database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from app.db import Database
+from app.services.sweeps import dataset_facts
+from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MOONS = DataFacts("classification", 2)
+DIGITS = DataFacts("classification", 10)
+REGRESSION = DataFacts("regression", 0)
+
+
+def spec(**kw: Any) -> SweepSpec:
+    return SweepSpec.model_validate({"name": "t", "dataset": "moons", **kw})
+
+
+def rejected(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (field path, message) pairs a spec is rejected with at parse time."""
+    with pytest.raises(ValidationError) as info:
+        SweepSpec.model_validate({"name": "t", "dataset": "moons", **raw})
+    return [(format_loc(e["loc"]), e["msg"]) for e in info.value.errors()]
+
+
+def spec_errors(s: SweepSpec, facts: DataFacts, max_trials: int = 10_000, max_epochs: int = 10_000) -> dict:
+    """The {field path: message} a parsed spec is rejected with once its dataset is known."""
+    with pytest.raises(SpecError) as info:
+        validate_spec(s, facts, max_trials, max_epochs)
+    return {format_loc(e["loc"]): e["msg"] for e in info.value.errors}
+
+
+# --------------------------------------------------------------------------- parse-time rejections
+
+PARSE_REJECTIONS = [
+    # (spec fields, field path, a piece of the reason)
+    ({"dataset_name": "moons"}, "dataset_name", "Extra inputs"),
+    ({"parameters": {"depth": [1, 2]}}, "parameters.depth", "Extra inputs"),
+    ({"metric": {"name": "val_loss", "direction": "min"}}, "metric.direction", "Extra inputs"),
+    ({"split": {"train": 0.6}}, "split.train", "Extra inputs"),
+    ({"parameters": {"activation": ["relu", "swish"]}}, "parameters.activation[1]", "'tanh'"),
+    ({"parameters": {"optimizer": "rmsprop"}}, "parameters.optimizer[0]", "'adamw'"),
+    ({"parameters": {"loss": "hinge"}}, "parameters.loss[0]", "'cross_entropy'"),
+    ({"metric": {"name": "accuracy"}}, "metric.name", "'val_accuracy'"),
+    ({"parameters": {"learning_rate": [0.1, 0]}}, "parameters.learning_rate[1]", "greater than 0"),
+    ({"parameters": {"learning_rate": -0.01}}, "parameters.learning_rate[0]", "greater than 0"),
+    (
+        {"parameters": {"learning_rate": {"values": [0.01, -1]}}},
+        "parameters.learning_rate[1]",
+        "greater than 0",
+    ),
+    ({"parameters": {"learning_rate": float("inf")}}, "parameters.learning_rate[0]", "finite"),
+    ({"parameters": {"layers": []}}, "parameters.layers", "at least 1 item"),
+    ({"parameters": {"activation": {"values": []}}}, "parameters.activation", "at least 1 item"),
+    ({"parameters": {"hidden_units": [[]]}}, "parameters.hidden_units[0]", "at least 1 item"),
+    ({"seeds": []}, "seeds", "at least 1 item"),
+    ({"seeds": [0, 1, 0]}, "seeds", "distinct"),
+    ({"split": {"validation": 0.5, "test": 0.5}}, "split", "leaves no training data"),
+    ({"split": {"validation": 0.7, "test": 0.4}}, "split", "leaves no training data"),
+    ({"split": {"seed": 2**62}}, "split.seed", "less than or equal"),
+    (
+        {"parameters": {"learning_rate": {"min": 0.001, "max": 0.1}}},
+        "parameters.learning_rate",
+        "no distributions",
+    ),
+    (
+        {"parameters": {"dropout": {"distribution": "uniform", "values": [0.1]}}},
+        "parameters.dropout",
+        "no distributions",
+    ),
+    ({"parameters": {"epochs": 0}}, "parameters.epochs[0]", "greater than 0"),
+    ({"parameters": {"dropout": 1.0}}, "parameters.dropout[0]", "less than 1"),
+    ({"parameters": {"layers": 65}}, "parameters.layers[0]", "less than or equal to 64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc", "reason"), PARSE_REJECTIONS, ids=[r[1] + ":" + r[2] for r in PARSE_REJECTIONS]
+)
+def test_parse_rejections_name_the_field_and_the_reason(raw: dict, loc: str, reason: str) -> None:
+    errors = rejected(raw)
+    assert any(e_loc == loc or e_loc.startswith(loc + ".") for e_loc, _ in errors), errors
+    assert any(reason in msg for e_loc, msg in errors if e_loc.startswith(loc)), errors
+
+
+def test_name_and_dataset_are_required() -> None:
+    with pytest.raises(ValidationError) as info:
+        SweepSpec.model_validate({"parameters": {}})
+    assert {format_loc(e["loc"]) for e in info.value.errors()} == {"name", "dataset"}
+
+
+# --------------------------------------------------------------------------- rejections that need the dataset
+
+
+def test_unknown_dataset_is_rejected_at_dataset(database: Database) -> None:
+    # Neither built-in nor uploaded: the lookup reaches the store (both backends).
+    with database.session(readonly=True) as session, pytest.raises(SpecError) as info:
+        dataset_facts(session, "mnist")
+    (err,) = info.value.errors
+    assert format_loc(err["loc"]) == "dataset"
+    assert "unknown dataset 'mnist'" in err["msg"] and "moons" in err["msg"]
+    assert "uploaded" in err["msg"]
+
+
+def test_builtin_datasets_resolve_to_their_task() -> None:
+    assert dataset_facts(None, "moons") == MOONS  # type: ignore[arg-type]
+    assert dataset_facts(None, "digits") == DIGITS  # type: ignore[arg-type]
+    assert dataset_facts(None, "friedman1") == REGRESSION  # type: ignore[arg-type]
+    assert dataset_facts(None, "diabetes") == REGRESSION  # type: ignore[arg-type]
+
+
+def test_grid_over_the_limit_says_how_many_trials_it_makes() -> None:
+    s = spec(parameters={"layers": [1, 2, 3], "learning_rate": [0.1, 0.01, 0.001, 1.0]}, seeds=[0, 1])
+    assert count_trials(s) == 24
+    errs = spec_errors(s, MOONS, max_trials=23)
+    assert "makes 24 trials" in errs["parameters"] and "12 configs x 2 seeds" in errs["parameters"]
+    assert "limit of 23" in errs["parameters"]
+    assert validate_spec(s, MOONS, max_trials=24, max_epochs=100) == 24
+
+
+def test_default_limit_is_ten_thousand_trials() -> None:
+    from app.config import Settings
+
+    huge = spec(
+        parameters={"learning_rate": [i / 1000 for i in range(1, 101)], "batch_size": list(range(1, 102))}
+    )
+    assert Settings(database_url="sqlite://").max_trials == 10_000
+    assert "makes 10100 trials" in spec_errors(huge, MOONS)["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("loss", "facts", "reason"),
+    [
+        ("bce", REGRESSION, "does not fit a regression task"),
+        ("cross_entropy", REGRESSION, "does not fit a regression task"),
+        ("mse", MOONS, "does not fit a classification task"),
+        ("huber", DIGITS, "does not fit a classification task"),
+        ("bce", DIGITS, "needs exactly 2 classes"),
+    ],
+)
+def test_loss_must_fit_the_task(loss: str, facts: DataFacts, reason: str) -> None:
+    errs = spec_errors(spec(parameters={"loss": ["auto", loss]}), facts)
+    assert list(errs) == ["parameters.loss[1]"]  # `auto` always fits
+    assert reason in errs["parameters.loss[1]"]
+
+
+@pytest.mark.parametrize("metric", ["val_error", "val_accuracy"])
+def test_classification_metric_on_a_regression_dataset(metric: str) -> None:
+    errs = spec_errors(spec(dataset="friedman1", metric={"name": metric}), REGRESSION)
+    assert "regression dataset" in errs["metric.name"] and "val_loss" in errs["metric.name"]
+
+
+def test_epochs_over_the_limit() -> None:
+    errs = spec_errors(spec(parameters={"epochs": [5, 50]}), MOONS, max_epochs=10)
+    assert errs == {"parameters.epochs[1]": "50 epochs is over the limit of 10"}
+
+
+def test_several_problems_are_reported_together() -> None:
+    s = spec(dataset="friedman1", metric={"name": "val_error"}, parameters={"loss": "bce", "epochs": 99})
+    assert set(spec_errors(s, REGRESSION, max_epochs=10)) == {
+        "metric.name",
+        "parameters.loss[0]",
+        "parameters.epochs[0]",
+    }
+
+
+# --------------------------------------------------------------------------- parameter forms
+
+
+def test_wandb_forms_equal_the_plain_forms() -> None:
+    wandb = spec(
+        parameters={
+            "learning_rate": {"values": [0.001, 0.01]},
+            "epochs": {"value": 20},
+            "layers": {"value": 2},
+        }
+    )
+    plain = spec(parameters={"learning_rate": [0.001, 0.01], "epochs": 20, "layers": 2})
+    assert wandb == plain
+    assert wandb.parameters.epochs == [20] and wandb.parameters.learning_rate == [0.001, 0.01]
+
+
+def test_metric_goal_defaults_by_metric() -> None:
+    assert spec().metric.name == "val_loss" and spec().metric.goal == "minimize"
+    assert spec(metric={"name": "val_accuracy"}).metric.goal == "maximize"
+    assert spec(metric={"name": "val_error"}).metric.goal == "minimize"
+
+
+def test_per_layer_widths_are_accepted_and_fix_their_depth() -> None:
+    s = spec(parameters={"layers": [1, 2, 3], "hidden_units": {"values": [64, [128, 64], [32, 16, 8]]}})
+    rows = list(expand(s, MOONS))
+    archs = [(r.params["layers"], r.params["hidden_units"]) for r in rows]
+    assert archs == [(1, 64), (2, 64), (2, [128, 64]), (3, 64), (3, [32, 16, 8])]
+    assert count_trials(s) == 5
+    assert validate_spec(s, MOONS, 100, 100) == 5
+
+
+def test_a_per_layer_list_matching_no_depth_is_rejected() -> None:
+    s = spec(parameters={"layers": [1, 3], "hidden_units": {"values": [64, [128, 64]]}})
+    errs = spec_errors(s, MOONS)
+    assert list(errs) == ["parameters.hidden_units[1]"]
+    assert "2 widths" in errs["parameters.hidden_units[1]"] and "[1, 3]" in errs["parameters.hidden_units[1]"]
+
+
+# --------------------------------------------------------------------------- expansion
+
+GRIDS = [
+    {},
+    {"parameters": {"layers": [1, 2, 3], "hidden_units": [16, 64], "activation": ["relu", "tanh"]}},
+    {
+        "parameters": {"learning_rate": [0.1, 0.01], "optimizer": ["sgd", "adam"], "dropout": [0.0, 0.5]},
+        "seeds": [0, 1, 2],
+    },
+    {
+        "parameters": {
+            "layers": [1, 2],
+            "hidden_units": {"values": [8, [8, 4], [4, 4, 4]]},
+            "loss": ["auto", "bce"],
+        }
+    },
+    {
+        "parameters": {"batch_size": [16, 32, 64], "epochs": [1, 2], "weight_decay": [0, 1e-4]},
+        "seeds": [5, 7],
+    },
+]
+
+
+@pytest.mark.parametrize("raw", GRIDS)
+def test_count_equals_expansion(raw: dict) -> None:
+    s = spec(**raw)
+    rows = list(expand(s, MOONS))
+    assert count_trials(s) == len(rows)
+    assert len({(r.config_index, r.seed) for r in rows}) == len(rows)  # no (config, seed) twice
+
+
+def test_counts_of_the_examples() -> None:
+    expected = {"moons.yaml": 54, "regression.yaml": 120, "lecture.yaml": 72}
+    for name, n in expected.items():
+        s = SweepSpec.model_validate(yaml.safe_load((ROOT / "examples" / name).read_text()))
+        facts = dataset_facts(None, s.dataset)  # type: ignore[arg-type]
+        assert validate_spec(s, facts, 10_000, 10_000) == n, name
+        assert len(list(expand(s, facts))) == n, name
+
+
+def test_expansion_order_is_deterministic_and_seeds_vary_fastest() -> None:
+    raw = {
+        "parameters": {"layers": [1, 2], "learning_rate": [0.1, 0.01], "activation": ["relu", "tanh"]},
+        "seeds": [3, 1],
+    }
+    a, b = list(expand(spec(**raw), MOONS)), list(expand(spec(**raw), MOONS))
+    assert a == b
+    assert [(r.config_index, r.seed) for r in a] == [(i, s) for i in range(8) for s in (3, 1)]
+    # Axes vary in spec order, the first slowest: layers, then activation, then learning_rate.
+    configs = [(r.params["layers"], r.params["activation"], r.params["learning_rate"]) for r in a[::2]]
+    assert configs == [(la, ac, lr) for la in (1, 2) for ac in ("relu", "tanh") for lr in (0.1, 0.01)]
+
+
+def test_config_key_is_shared_by_seeds_and_distinct_across_configs() -> None:
+    rows = list(expand(spec(parameters={"hidden_units": [8, 16, 32]}, seeds=[0, 1, 2]), MOONS))
+    keys: dict[int, set[str]] = {}
+    for r in rows:
+        keys.setdefault(r.config_index, set()).add(r.config_key)
+    assert all(len(k) == 1 for k in keys.values())
+    assert len({next(iter(k)) for k in keys.values()}) == 3
+    # The key is a function of the config alone: the same grid point in another sweep has it too.
+    other = list(expand(spec(parameters={"hidden_units": [32]}, seeds=[9]), MOONS))
+    assert other[0].config_key == next(iter(keys[2]))
+
+
+def test_params_carry_every_axis() -> None:
+    (row,) = expand(spec(), MOONS)
+    assert set(row.params) == {
+        "layers",
+        "hidden_units",
+        "activation",
+        "learning_rate",
+        "optimizer",
+        "batch_size",
+        "epochs",
+        "dropout",
+        "weight_decay",
+        "loss",
+    }
+
+
+@pytest.mark.parametrize(
+    ("facts", "resolved"), [(MOONS, "bce"), (DIGITS, "cross_entropy"), (REGRESSION, "mse")]
+)
+def test_auto_loss_is_resolved_for_the_task(facts: DataFacts, resolved: str) -> None:
+    rows = list(expand(spec(), facts))
+    assert [r.params["loss"] for r in rows] == [resolved]
+
+
+def test_pack_key_groups_trials_that_can_train_together() -> None:
+    rows = list(expand(spec(parameters={"hidden_units": [8, 16], "batch_size": [16, 32]}), MOONS))
+    by_bs: dict[int, set[str]] = {}
+    for r in rows:
+        by_bs.setdefault(r.params["batch_size"], set()).add(r.pack_key)
+    assert all(len(k) == 1 for k in by_bs.values()) and len(set().union(*by_bs.values())) == 2
