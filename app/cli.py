@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import sys
@@ -84,6 +85,46 @@ def main(verbose: bool) -> None:
     configure_logging(**cli_ci.log_options(verbose))
 
 
+def _register_commands() -> None:
+    from app.cli_tokens import token
+
+    main.add_command(token)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, host: str, insecure: bool) -> None:
+    """Refuse to serve without auth beyond loopback (unless --insecure); say how it runs."""
+    if settings.auth_enabled:
+        click.echo(f"gridsweep: auth is on (API tokens required) on {host}", err=True)
+        return
+    if not is_loopback(host) and not insecure:
+        raise click.UsageError(
+            f"refusing to serve on {host} without auth: set GRIDSWEEP_AUTH=on and create tokens "
+            "(gridsweep token create), or pass --insecure to accept anyone who can reach it"
+        )
+    where = "loopback only" if is_loopback(host) else "INSECURE, anyone who can reach it"
+    click.echo(f"gridsweep: auth is OFF ({where}); set GRIDSWEEP_AUTH=on to require tokens", err=True)
+
+
+auth_option = click.option(
+    "--auth",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="Require API tokens (default: GRIDSWEEP_AUTH).",
+)
+insecure_option = click.option(
+    "--insecure", is_flag=True, help="Allow a non-loopback address without auth (anyone may use the API)."
+)
+
+
 @main.group()
 def db() -> None:
     """Database commands."""
@@ -105,9 +146,14 @@ def db_upgrade(db: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-upgrade", is_flag=True, help="Do not run migrations at start.")
-def serve(db: str | None, host: str, port: int, no_upgrade: bool) -> None:
+@auth_option
+@insecure_option
+def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | None, insecure: bool) -> None:
     """Run the API server."""
     settings = settings_for(db)
+    if auth:
+        settings = settings.model_copy(update={"auth": auth})
+    check_exposure(settings, host, insecure)
     if not no_upgrade:
         from app.migrate import upgrade
 
@@ -115,7 +161,9 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool) -> None:
     from app.api import create_app
 
     # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
+    )
 
 
 @main.command()
@@ -170,17 +218,31 @@ def worker(
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
 @click.option("--device", default="auto", show_default=True)
-def up(db: str | None, host: str, port: int, workers: int, device: str) -> None:
-    """API + N local workers in one command (Ctrl-C stops them all)."""
+@auth_option
+@insecure_option
+def up(
+    db: str | None, host: str, port: int, workers: int, device: str, auth: str | None, insecure: bool
+) -> None:
+    """API + N local workers in one command (Ctrl-C stops them all).
+
+    On loopback auth may stay off (the default, said at start); with auth on, the workers
+    use GRIDSWEEP_TOKEN (a worker or admin token).
+    """
     settings = settings_for(db)
+    if auth:
+        settings = settings.model_copy(update={"auth": auth})
+    check_exposure(settings, host, insecure)
+    if settings.auth_enabled and workers and not os.environ.get("GRIDSWEEP_TOKEN"):
+        raise click.UsageError("auth is on: set GRIDSWEEP_TOKEN to a worker token for the local workers")
     url = f"http://{host}:{port}"
     # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
     # this process alone and orphaned the server and workers). An ignored signal stays ignored (nohup).
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _interrupt)
+    serve_args = ["serve", "--host", host, "--port", str(port), "--auth", settings.auth]
     server = spawn(
-        gridsweep_cmd("serve", "--host", host, "--port", str(port)),
+        gridsweep_cmd(*serve_args, *(["--insecure"] if insecure else [])),
         env={"GRIDSWEEP_DATABASE_URL": settings.database_url},
     )
     procs = [server]
@@ -252,7 +314,8 @@ def run(
         select_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    settings = settings_for(db)
+    # An in-process API on loopback for this one run: its own workers need no token.
+    settings = settings_for(db).model_copy(update={"auth": "off"})
     upgrade(settings.database_url)
     with ThreadServer(settings, port=free_port()) as srv:
         client = api(srv.url)
@@ -333,7 +396,6 @@ def best(sweep_id: int, server: str, as_json: bool) -> None:
         click.echo(out.best_text(result))
 
 
-
 # Datasets, models, predict, rerun (app/cli_data.py).
 from app.cli_data import register as _register_data  # noqa: E402
 
@@ -341,6 +403,8 @@ _register_data(main)
 
 for _command in cli_ci.COMMANDS:  # submit, schema, config: CI and operations (app/cli_ci.py)
     main.add_command(_command)
+
+_register_commands()  # gridsweep token ... (app/cli_tokens.py)
 
 if __name__ == "__main__":
     main()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///gridsweep.db"
+MISSED_BEATS = 3  # a lease expires after this many missed heartbeats
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -18,8 +19,10 @@ class Settings(BaseSettings):
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the store.")
     max_trials: int = Field(10_000, description="Largest grid (trials) one sweep may expand to.")
     max_epochs: int = Field(10_000, description="Largest `epochs` a spec may ask for.")
-    lease_seconds: float = Field(30.0, description="A claim's lease; 3 missed 10 s heartbeats.")
-    heartbeat_seconds: float = Field(10.0, description="How often workers are told to heartbeat.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often workers are told to heartbeat.")
+    lease_seconds: float = Field(
+        0.0, ge=0, description="A claim's lease; 0: 3 missed heartbeats (30 s by default)."
+    )
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
@@ -42,6 +45,21 @@ class Settings(BaseSettings):
     allow_tf32: bool = Field(
         False, description="CUDA workers may use TF32 matmuls in fused packs (faster; ~1e-3 relative)."
     )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body; larger ones get 413.")
+    auth: Literal["on", "off"] = Field(
+        "off", description="Require API tokens (on) or not (off: only allowed on a loopback address)."
+    )
+
+    @model_validator(mode="after")
+    def _default_lease(self) -> Settings:
+        # A lease outlives MISSED_BEATS heartbeats, so a slow beat or two never loses a trial.
+        if not self.lease_seconds:
+            self.lease_seconds = MISSED_BEATS * self.heartbeat_seconds
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
 
 
 @lru_cache

@@ -207,6 +207,44 @@ class TrialEpoch(Base):
     trial: Mapped[Trial] = relationship(back_populates="epochs")
 
 
+class TokenScope(StrEnum):
+    read = "read"  # GET the API
+    submit = "submit"  # read, and create or cancel sweeps
+    worker = "worker"  # only the worker protocol
+    admin = "admin"  # everything, tokens included
+
+
+class ApiToken(Base):
+    """An API token. Only its SHA-256 is stored: the token itself is shown once, at creation."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(Base):
+    """The first answer to ``POST /api/v1/sweeps`` with an ``Idempotency-Key``, replayed to repeats."""
+
+    __tablename__ = "idempotency_key"
+    # One sweep per key and caller, even for concurrent requests (the insert is the lock).
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))  # the token's name, "" when auth is off
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweep.id", ondelete="CASCADE"))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Dataset(Base):
     """An uploaded table, parsed and validated once; ``data`` is the encoded arrays (.npz)."""
 

@@ -14,6 +14,9 @@ T = TypeVar("T")
 # (the worker sends a non-finite value as null).
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
+# Ids, offsets and counts are INTEGER columns (32-bit on PostgreSQL): bigger is a 422, not a 500.
+DB_INT_MAX = 2**31 - 1
+
 SweepCreate = SweepSpec
 
 
@@ -180,9 +183,10 @@ class ClaimResponse(BaseModel):
 
 
 class LeaseRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN/inf (Python's parser takes them): refuse them rather than store them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    trial_id: int = Field(ge=1, le=2**31 - 1)
+    trial_id: int = Field(ge=1, le=DB_INT_MAX)
     lease_token: str = Field(min_length=1, max_length=64)
 
 
@@ -192,8 +196,15 @@ class LeasesRequest(BaseModel):
     leases: list[LeaseRef] = Field(max_length=1024)
 
 
+class ReleaseRequest(LeasesRequest):
+    """``shutdown``: back to the queue, no attempt used; ``out_of_memory``: retried, the attempt counts."""
+
+    reason: Literal["shutdown", "out_of_memory"] = "shutdown"
+    error: str | None = Field(None, max_length=20_000)
+
+
 class EpochReport(LeaseRef):
-    epoch: int = Field(ge=1)
+    epoch: int = Field(ge=1, le=DB_INT_MAX)
     train_loss: FiniteFloat | None = None
     val_loss: FiniteFloat | None = None
     val_error: FiniteFloat | None = None
@@ -209,7 +220,7 @@ class EpochsRequest(BaseModel):
 class TrialOutcome(LeaseRef):
     status: Literal["succeeded", "failed", "diverged", "canceled"]
     metrics: dict[str, FiniteFloat | None] = {}
-    epochs_done: int | None = Field(None, ge=0)
+    epochs_done: int | None = Field(None, ge=0, le=DB_INT_MAX)
     error: str | None = Field(None, max_length=20_000)
     device: str | None = Field(None, max_length=64)
     duration_seconds: float | None = Field(None, ge=0)
@@ -238,3 +249,34 @@ class LeaderboardEntry(BaseModel):
     std: float
     n_seeds: int
     trial_ids: list[int]
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    scope: Literal["read", "submit", "worker", "admin"]
+
+
+class TokenRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenRead):
+    token: str = Field(description="the token itself: shown this once, only its SHA-256 is stored")
+
+
+class ErrorRead(BaseModel):
+    """An error: a message, or (422) a list of ``{loc, msg, type}`` with the field path."""
+
+    detail: str | list[dict[str, Any]]

@@ -185,3 +185,15 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
 
     yield start
     stop_all(procs)
+
+
+@pytest.fixture
+def pg_only_url() -> Iterator[str]:
+    """A fresh PostgreSQL database at head, for tests about PostgreSQL alone (chaos, restarts)."""
+    require(pg_available(), f"PostgreSQL at {PG_URL}")
+    url, drop = new_pg_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop()

@@ -250,11 +250,6 @@ def test_canceled_sweep_exit_1(live: Live, tmp_path: Path) -> None:
     assert "canceled" in r.stderr.splitlines()[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Idempotency-Key support on POST /api/v1/sweeps (the auth/limits branch); "
-    "remove this marker once merged",
-)
 def test_repeated_submit_with_the_same_key_returns_the_same_sweep(live: Live, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.yaml", seeds="[7]")
     key = f"test-{os.getpid()}-{time.time_ns()}"

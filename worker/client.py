@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from typing import Any
 
@@ -22,14 +23,24 @@ class ApiError(RuntimeError):
 
 
 class ApiClient:
-    """Thin JSON client. Connection errors and 502/503/504 are retried until ``retry_for`` runs out."""
+    """Thin JSON client. Connection errors and 502/503/504 are retried until ``retry_for`` runs out.
+
+    ``interrupt``: when set, a request in its retry loop gives up at once (a worker
+    stopping must not sit out an outage); ``interruptible=False`` requests keep retrying.
+    """
 
     def __init__(
-        self, server: str, token: str | None = None, timeout: float = 30.0, retry_for: float = 600.0
+        self,
+        server: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retry_for: float = 600.0,
+        interrupt: threading.Event | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
         self.retry_for = retry_for
+        self.interrupt = interrupt or threading.Event()
 
     def close(self) -> None:
         self._http.close()
@@ -41,6 +52,7 @@ class ApiClient:
         json: Any = None,
         params: Any = None,
         retry_for: float | None = None,
+        interruptible: bool = True,
         *,
         raw: bool = False,
         **kw: Any,
@@ -66,8 +78,15 @@ class ApiClient:
                 problem = f"{exc.__class__.__name__}: {exc}"
             if time.monotonic() + delay > deadline:
                 raise ApiError(503, f"API unreachable: {problem}")
+            if interruptible and self.interrupt.is_set():
+                raise ApiError(503, f"stopping; API unreachable: {problem}")
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
-            time.sleep(delay * (0.5 + random.random()))  # jitter: workers do not retry in lockstep
+            # Jitter: workers do not retry in lockstep. An interrupt cuts the wait short.
+            pause = delay * (0.5 + random.random())
+            if interruptible:
+                self.interrupt.wait(pause)
+            else:
+                time.sleep(pause)
             delay = min(delay * 2, 5.0)
 
     # --- the worker protocol ---------------------------------------------------------
@@ -82,14 +101,23 @@ class ApiClient:
         r = self.request("POST", f"/api/v1/workers/{worker_id}/heartbeat", {"leases": leases}, retry_for=5.0)
         return {int(k): v for k, v in r["states"].items()}
 
-    def report_epochs(self, worker_id: str, reports: list[dict[str, Any]]) -> dict[int, str]:
-        r = self.request("POST", f"/api/v1/workers/{worker_id}/epochs", {"reports": reports})
+    def report_epochs(
+        self, worker_id: str, reports: list[dict[str, Any]], retry_for: float | None = None
+    ) -> dict[int, str]:
+        r = self.request(
+            "POST", f"/api/v1/workers/{worker_id}/epochs", {"reports": reports}, retry_for=retry_for
+        )
         return {int(k): v for k, v in r["states"].items()}
 
     def complete(self, worker_id: str, outcomes: list[dict[str, Any]]) -> dict[int, str]:
         r = self.request("POST", f"/api/v1/workers/{worker_id}/complete", {"outcomes": outcomes})
         return {int(k): v for k, v in r["states"].items()}
 
-    def release(self, worker_id: str, leases: list[dict[str, Any]]) -> dict[int, str]:
-        r = self.request("POST", f"/api/v1/workers/{worker_id}/release", {"leases": leases}, retry_for=10.0)
+    def release(
+        self, worker_id: str, leases: list[dict[str, Any]], reason: str = "shutdown", error: str | None = None
+    ) -> dict[int, str]:
+        body = {"leases": leases, "reason": reason, "error": error}
+        r = self.request(
+            "POST", f"/api/v1/workers/{worker_id}/release", body, retry_for=10.0, interruptible=False
+        )
         return {int(k): v for k, v in r["states"].items()}

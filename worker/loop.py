@@ -3,7 +3,11 @@
 The worker speaks HTTP to the API only. A heartbeat thread keeps the leases of
 the trials in hand alive; every report is fenced by the lease token, and the
 answer may say ``cancel`` (stop the trial) or ``lost`` (drop it, write nothing).
-SIGTERM / SIGINT: the current epoch ends, the trials go back to the queue at once.
+SIGTERM / SIGINT: training stops within one step, the trials go back to the queue at once.
+An API or database outage does not stop training: epoch reports are buffered and sent
+again with the next one; the outcome waits (with backoff) until the API is back.
+Out of memory gives the trial back to be retried (the attempt counts); an exception in
+training ends it ``failed`` (not retried); a NaN loss ends it ``diverged``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ class TrialLost(Exception):
 
 class Abandon(Exception):
     """The worker is stopping: give the trial back to the queue."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA or host allocation failure (retried elsewhere), as opposed to a bug in training."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 @dataclass
@@ -91,8 +103,11 @@ class Worker:
         cache_dir: str | None = None,
         allow_tf32: bool = False,
     ) -> None:
-        self.client = ApiClient(server, token=token)
-        self.hb_client = ApiClient(server, token=token)  # its own connection: used from another thread
+        self.stopping = threading.Event()
+        # Both clients stop retrying through an outage as soon as the worker is stopping.
+        self.client = ApiClient(server, token=token, interrupt=self.stopping)
+        # Its own connection (used from another thread).
+        self.hb_client = ApiClient(server, token=token, interrupt=self.stopping)
         self.device = select_device(device)
         self.device_name = describe_device(self.device)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -104,7 +119,7 @@ class Worker:
         self.uploads = UploadedDatasets(self.client, cache_dir)
         self.data = DataCache(self.device, fetch=self.uploads.get)
         self.held = Held()
-        self.stopping = threading.Event()
+        self.pending: list[dict[str, Any]] = []  # epoch reports the API has not taken yet
         self.heartbeat_seconds = 10.0
         self.worker_id = ""
         if threads:
@@ -116,7 +131,7 @@ class Worker:
         def _stop(signum: int, _frame: Any) -> None:
             if self.stopping.is_set():  # a second Ctrl-C: leave now
                 raise KeyboardInterrupt
-            log.info("signal %s: finishing the current epoch and releasing trials", signum)
+            log.info("signal %s: stopping the current trial and releasing trials", signum)
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, _stop)
@@ -135,7 +150,13 @@ class Worker:
         idle = 0.0
         try:
             while not self.stopping.is_set():
-                claimed = self.client.claim(self.worker_id, self.pack_size)["trials"]
+                try:
+                    claimed = self.client.claim(self.worker_id, self.pack_size)["trials"]
+                except ApiError as exc:
+                    if exc.status_code != 503 or self.stopping.is_set():
+                        raise
+                    log.warning("claim failed, the API is unavailable; trying again: %s", exc)
+                    continue
                 if not claimed:
                     if self.exit_when is not None and self.exit_when():
                         break
@@ -146,6 +167,9 @@ class Worker:
                 idle = 0.0
                 done += self.run_claimed(claimed)
                 logs.set_fields(sweep_id=None, trial_id=None)
+        except ApiError:
+            if not self.stopping.is_set():
+                raise  # stopping: an unreachable API only means the release below may not land
         finally:
             self._release_all()
             self.stopping.set()
@@ -167,10 +191,13 @@ class Worker:
 
     def _release_all(self) -> None:
         refs = self.held.as_refs()
+        self.pending.clear()  # reports of released attempts: the API drops those rows anyway
         if refs:
             try:
-                self.client.release(self.worker_id, refs)
-                log.info("released %d trials", len(refs))
+                states = self.client.release(self.worker_id, refs)
+                ok = sum(1 for st in states.values() if st == "ok")
+                # The others' leases had expired (and been requeued by the reaper) already.
+                log.info("released %d trials (%d already requeued)", ok, len(refs) - ok)
             except ApiError as exc:
                 log.warning("release failed (the reaper will requeue them): %s", exc)
             with self.held.lock:
@@ -197,19 +224,52 @@ class Worker:
             self.held.lost.discard(trial_id)
             self.held.cancel.discard(trial_id)
 
+    def _flush(self, retry_for: float | None = None) -> None:
+        """Send the buffered epoch reports; while the API is unavailable keep them for later."""
+        if not self.pending:
+            return
+        batch = list(self.pending)
+        try:
+            states = self.client.report_epochs(self.worker_id, batch, retry_for=retry_for)
+        except ApiError as exc:
+            if exc.status_code != 503 or retry_for is None:
+                raise
+            log.warning("API unavailable, %d epoch reports kept for later: %s", len(batch), exc)
+            return
+        del self.pending[: len(batch)]
+        self.held.apply(states)
+
+    def _drop(self, trial_id: int) -> None:
+        self.pending[:] = [r for r in self.pending if r["trial_id"] != trial_id]
+        self._forget(trial_id)
+
+    def _give_back_oom(self, ref: dict[str, Any], exc: BaseException) -> None:
+        """Out of memory: hand the trial back to be retried (on a worker with room, or smaller)."""
+        tid = ref["trial_id"]
+        log.warning("trial %s: out of memory on %s, giving it back to be retried: %s", tid, self.device, exc)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._drop(tid)
+        try:
+            self.client.release(self.worker_id, [ref], reason="out_of_memory", error=f"{exc}"[:2000])
+        except ApiError as err:  # the lease expires and the reaper requeues it instead
+            log.warning("trial %s: release failed: %s", tid, err)
+
     def run_one(self, c: dict[str, Any]) -> int:
         tid, token = c["trial_id"], c["lease_token"]
         logs.set_fields(sweep_id=c["sweep_id"], trial_id=tid)  # on this trial's log lines
         ref = {"trial_id": tid, "lease_token": token}
 
         def on_epoch(m: EpochMetrics) -> bool:
-            states = self.client.report_epochs(self.worker_id, [{**ref, **_finite(m.to_dict())}])
-            self.held.apply(states)
+            self.pending.append({**ref, **_finite(m.to_dict())})
+            # A short budget: through an outage the reports wait and training goes on.
+            self._flush(retry_for=self.heartbeat_seconds)
             if tid in self.held.lost:
                 raise TrialLost
-            if self.stopping.is_set():
-                raise Abandon
             return tid in self.held.cancel
+
+        def should_stop() -> bool:  # asked every step: stop at once when stopping or the lease is gone
+            return self.stopping.is_set() or tid in self.held.lost
 
         outcome: dict[str, Any] = {**ref, "device": self.device_name, "split": c["split"]}
         outcome["versions"] = versions()
@@ -220,8 +280,15 @@ class Worker:
             outcome["data_hash"] = info.data_hash
             cfg = TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes)
             result = train_trial(
-                cfg, data, on_epoch=on_epoch, evaluate_test=c["evaluate_test"], train_on_validation=c["refit"]
+                cfg,
+                data,
+                on_epoch=on_epoch,
+                evaluate_test=c["evaluate_test"],
+                train_on_validation=c["refit"],
+                should_stop=should_stop,
             )
+            if result.status == "stopped":
+                raise TrialLost if tid in self.held.lost else Abandon
             if c.get("upload_model") and result.status == "succeeded" and result.model is not None:
                 try:  # before `complete`, while the lease still fences the write
                     upload_model(self.client, self.worker_id, c, model_files(c, cfg, data, info, result))
@@ -238,16 +305,29 @@ class Worker:
             )
         except TrialLost:
             log.warning("trial %s: lease lost, dropping it", tid)
-            self._forget(tid)
+            self._drop(tid)
             return 0
         except Abandon:
             return 0  # still held: released by run()
         except Exception as exc:
+            if isinstance(exc, ApiError) and exc.status_code == 503:
+                raise  # the API is away (or we are stopping): not the trial's fault
+            if is_out_of_memory(exc):
+                self._give_back_oom(ref, exc)
+                return 0
             log.exception("trial %s failed", tid)
             tb = "".join(traceback.format_exception(exc)[-3:])
             outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{tb}"[:20_000])
         started = time.monotonic()
+        self._flush()  # the curve first (full retry budget), then the outcome
         states = self.client.complete(self.worker_id, [outcome])
-        log.info("trial %s %s (%.2fs to report)", tid, outcome["status"], time.monotonic() - started)
+        recorded = states.get(tid) == "ok"
+        log.info(
+            "trial %s %s: %s (%.2fs to report)",
+            tid,
+            outcome["status"],
+            "recorded" if recorded else "refused, the lease was lost",
+            time.monotonic() - started,
+        )
         self._forget(tid)
-        return 1 if states.get(tid) == "ok" else 0
+        return 1 if recorded else 0

@@ -43,6 +43,9 @@ Contracts (exact, so another implementation can reproduce a trial bit for bit):
   no model is returned.
 * Cancel: ``on_epoch(metrics)`` returning True after an epoch ends the trial with
   status "canceled" (that epoch is kept). Test evaluation runs only for "succeeded".
+* Stop: ``should_stop()`` is asked before every optimizer step (an epoch may be long);
+  True ends the trial at once with status "stopped", the unfinished epoch dropped. The
+  caller gives such a trial back to the queue (a worker shutting down, a lease lost).
 """
 
 from __future__ import annotations
@@ -291,7 +294,7 @@ class EpochMetrics:
 
 @dataclass
 class TrialResult:
-    status: str  # "succeeded" | "diverged" | "canceled"
+    status: str  # "succeeded" | "diverged" | "canceled" | "stopped"
     epochs: list[EpochMetrics] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] | None = None
@@ -334,6 +337,7 @@ def train_trial(
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
     evaluate_test: bool = False,
     train_on_validation: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrialResult:
     """Train ``cfg`` on ``data`` for ``cfg.epochs`` epochs (see the module docstring for the exact rules)."""
     t0 = time.perf_counter()
@@ -369,6 +373,9 @@ def train_trial(
         # Sum on the device (float64) and read it once per epoch: no host sync per batch.
         total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n_fit, cfg.batch_size):
+            # A flag read per step (~100 ns) lets a worker stop within one step, not one epoch.
+            if should_stop is not None and should_stop():
+                return done("stopped", keep_model=False)
             idx = perm[start : start + cfg.batch_size]
             loss = compute_loss(model(X_fit[idx]), y_fit[idx], loss_name)
             opt.zero_grad(set_to_none=True)

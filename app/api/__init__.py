@@ -16,35 +16,51 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import __version__
+from app.api.middleware import AuthMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 from app.config import Settings, get_settings
 from app.db import Database
 from app.metrics import Metrics
 from app.migrate import head_revision
-from app.services.trials import reap_expired
+from app.services.trials import extend_running_leases, reap_expired
 from app.spec import SpecError
 
 log = logging.getLogger("gridsweep.api")
 
+# Multipart uploads (datasets, models) may be up to GRIDSWEEP_MAX_UPLOAD_BYTES; other bodies are JSON.
+UPLOAD_PATHS = r"^/api/v1/datasets$|^/api/v1/workers/[^/]+/trials/[^/]+/model$"
 
-def _reap_once(db: Database) -> int:
+
+def _reap_once(db: Database, blind: bool, lease_seconds: float) -> tuple[str, int]:
     with db.session() as session:
-        return reap_expired(session)
+        if blind:
+            return "extended", extend_running_leases(session, lease_seconds)
+        return "requeued or failed", reap_expired(session)
 
 
 async def _reaper(app: FastAPI) -> None:
-    """Requeue trials whose lease expired, forever (a task inside the API, not a queued job)."""
+    """Requeue trials whose lease expired, forever (a task inside the API, not a queued job).
+
+    After a time when heartbeats could not land (the API just started, or the database
+    was unreachable) the first round renews the running leases instead of reaping them:
+    their workers are most likely alive and about to beat again.
+    """
     settings: Settings = app.state.settings
     while True:
         await asyncio.sleep(settings.reaper_interval_seconds)
+        blind = app.state.db_outage
+        app.state.db_outage = False
         try:
-            n = await run_in_threadpool(_reap_once, app.state.db)
-            app.state.metrics.lease_reclaims.inc(n)
+            what, n = await run_in_threadpool(_reap_once, app.state.db, blind, settings.lease_seconds)
+            if what != "extended":
+                app.state.metrics.lease_reclaims.inc(n)
             if n:
-                log.info("reaper requeued or failed %d trials with expired leases", n)
-        except Exception:  # the database may be down; try again next round
-            log.warning("reaper round failed", exc_info=True)
+                log.info("reaper %s %d leases", what, n)
+        except Exception as exc:  # the database may be down; try again next round
+            app.state.db_outage = True
+            log.warning("reaper round failed: %s", exc.__class__.__name__)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -73,11 +89,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    app = FastAPI(title="gridsweep", version=__version__, lifespan=lifespan)
+    # /docs is served from the package (routes_docs): FastAPI's own pages load from a CDN.
+    app = FastAPI(title="gridsweep", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
+    app.state.db_outage = True  # no heartbeat could land before the API started
     app.state.metrics = Metrics(app.state.db, settings)
     app.state.head_revision = head_revision(settings.database_url)  # what /readyz expects
+    # Added innermost first: security headers wrap everything, auth runs last.
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_bytes=settings.max_upload_bytes,
+        upload_paths=UPLOAD_PATHS,
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,19 +117,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": "value_error"} for e in exc.errors]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(DBAPIError)
-    async def _db_down(_: Request, exc: DBAPIError) -> JSONResponse:
-        if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
-            raise exc
+    def _unavailable(exc: Exception) -> JSONResponse:
         # A database we cannot reach is a temporary condition, not a server bug: 503 + retry.
+        app.state.db_outage = True
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return JSONResponse(
             {"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"}
         )
 
-    from app.api import routes_datasets, routes_health, routes_models, routes_sweeps, routes_workers
+    @app.exception_handler(DBAPIError)
+    async def _db_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+            raise exc
+        return _unavailable(exc)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        return _unavailable(exc)
+
+    from app.api import (
+        routes_datasets,
+        routes_docs,
+        routes_health,
+        routes_models,
+        routes_sweeps,
+        routes_tokens,
+        routes_workers,
+    )
     from app.api.middleware import RequestMiddleware
 
+    # Outermost: request ids, one log line and the HTTP metrics for every answer (401/413 too).
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
 
     app.include_router(routes_health.router)
@@ -110,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_workers.router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_tokens.router)
+    routes_docs.install_docs(app)
 
     from app.dashboard import mount_dashboard
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
+from app.schemas import ErrorRead
 
 
 def get_db(request: Request) -> Database:
@@ -42,3 +43,14 @@ IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+# Answers any guarded route may give besides its own (documented in the OpenAPI schema).
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorRead, "description": "a body that cannot be parsed"},
+    401: {"model": ErrorRead, "description": "missing, invalid or revoked API token (auth on)"},
+    403: {"model": ErrorRead, "description": "the token's scope does not allow this route"},
+    404: {"model": ErrorRead, "description": "no such sweep, trial, worker or token"},
+    413: {"model": ErrorRead, "description": "request body over the configured limit"},
+    503: {"model": ErrorRead, "description": "database unavailable: retry later"},
+}

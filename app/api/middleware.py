@@ -1,25 +1,38 @@
-"""Per request: a request id (``X-Request-ID`` in and out), one log line, HTTP metrics.
+"""ASGI middleware (pure ASGI: no response buffering, streaming untouched).
 
-A plain ASGI middleware (no response buffering). The route label is the matched
-route's template, so ``/api/v1/sweeps/17`` and ``/api/v1/sweeps/18`` are one series.
-Headers are never logged (the Authorization header carries tokens).
+* ``RequestMiddleware``: a request id (``X-Request-ID`` in and out), one log line, HTTP metrics.
+  The route label is the matched route's template, so ``/api/v1/sweeps/17`` and
+  ``/api/v1/sweeps/18`` are one series. Headers are never logged (Authorization carries tokens).
+* ``SecurityHeadersMiddleware``: CSP (same origin only) and friends on every answer; no CORS.
+* ``BodyLimitMiddleware``: 413 for a body over the limit, declared or chunked.
+* ``AuthMiddleware``: when auth is on, no valid token -> 401 (scopes: ``app.auth.Authorize``).
+
+Order in ``create_app`` (outermost first): request, security headers, body limit, auth; so a
+401 or a 413 is logged, counted and carries the security headers too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 import uuid
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
+from app.auth import PUBLIC_PATHS, authenticate, bearer_token
 from app.metrics import UNMATCHED_ROUTE, Metrics
 
 log = logging.getLogger("gridsweep.http")
+auth_log = logging.getLogger("gridsweep.api")
+
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's id is kept when it is short and plain; anything else is replaced (log injection).
@@ -92,3 +105,164 @@ def _extra(scope: Scope, route: str, status: int, elapsed: float) -> dict[str, A
         "duration_ms": round(elapsed * 1000, 2),
         "client": client[0] if client else None,
     }
+
+
+# Same origin only: no inline script or style, no framing, nothing from elsewhere (images may
+# also be data: URIs, as the icons in stylesheets are).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class SecurityHeadersMiddleware:
+    """Set the security headers on every HTTP response (and never any CORS header)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"].startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    headers.setdefault(k, v)
+                if api:  # API answers (tokens among them) are never cached by browsers or proxies
+                    headers.setdefault("cache-control", "no-store")
+                for k in [k for k in headers if k.startswith("access-control-")]:
+                    del headers[k]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over the limit: declared (Content-Length) or streamed (chunked).
+
+    Bytes are counted as the app reads them (nothing is buffered here). Past the limit the
+    app is told the client left, its answer is dropped and a 413 is sent instead, so a
+    chunked upload cannot get past the limit. Upload routes (``upload_paths``) have their own,
+    larger limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int = 0, upload_paths: str = "") -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.upload_bytes = max(upload_bytes, max_bytes)
+        self.upload_paths = re.compile(upload_paths) if upload_paths else None
+
+    def limit_for(self, path: str) -> int:
+        if self.upload_paths is not None and self.upload_paths.match(path):
+            return self.upload_bytes
+        return self.max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await send_json(send, 400, {"detail": "invalid Content-Length"}, {"connection": "close"})
+                return
+            if int(declared) > limit:
+                await self._too_large(send, limit)
+                return
+        received = 0
+        over = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to a cut-off body: replaced by the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await self._too_large(send, limit)
+
+    async def _too_large(self, send: Send, limit: int) -> None:
+        detail = f"request body over the limit of {limit} bytes"
+        await send_json(send, 413, {"detail": detail}, {"connection": "close"})
+
+
+class AuthMiddleware:
+    """When auth is on, every request but the public paths needs a valid token (else 401).
+
+    Scopes are checked by the routers' ``Authorize`` dependency; this layer makes sure a
+    route or mount that forgot it is still closed to anonymous callers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state_app = scope.get("app")
+        settings = state_app.state.settings if state_app is not None else None
+        if scope["type"] != "http" or settings is None or not settings.auth_enabled:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(Headers(scope=scope), scope["method"])
+        principal = None
+        if token:
+            try:
+                principal = await run_in_threadpool(authenticate, state_app.state.db, token)
+            except (DBAPIError, PoolTimeout) as exc:
+                auth_log.warning("token check failed, database unavailable: %s", exc.__class__.__name__)
+                await send_json(
+                    send, 503, {"detail": "database unavailable, retry later"}, {"retry-after": "1"}
+                )
+                return
+        if principal is None:
+            await send_json(
+                send, 401, {"detail": "missing, invalid or revoked API token"}, {"www-authenticate": "Bearer"}
+            )
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)

@@ -8,14 +8,18 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Response, Uploa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
-from app.models import Dataset, Sweep
-from app.schemas import Page
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
+from app.auth import require
+from app.models import Dataset, Sweep, TokenScope
+from app.schemas import DB_INT_MAX, Page
 from app.schemas_datasets import DatasetDetail, DatasetRead
 from app.services import datasets as svc
 from app.tabular import TableError
 
-router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
+# Guards per route: uploads and deletes need submit, reads read; workers download the data too.
+SUBMIT = require(write=TokenScope.submit)
+WORKER_DATA = require(write=TokenScope.submit, read=(TokenScope.read, TokenScope.worker))
 
 DATA_HASH_HEADER = "X-Gridsweep-Data-Hash"
 
@@ -56,6 +60,7 @@ def _dataset_or_404(session: Session, ref: str) -> Dataset:
 
 @router.post(
     "",
+    dependencies=[SUBMIT],
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
     responses={200: {"description": "the same bytes were stored already"}, 409: {}, 413: {}, 422: {}},
@@ -85,12 +90,12 @@ def upload_dataset(
     return dataset_read(ds, created)
 
 
-@router.get("", response_model=Page[DatasetRead])
+@router.get("", dependencies=[SUBMIT], response_model=Page[DatasetRead])
 def list_datasets(
     session: ReadSessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> Page[DatasetRead]:
     """Uploaded datasets, newest first."""
     limit = min(limit, settings.max_page_size)
@@ -98,7 +103,7 @@ def list_datasets(
     return Page[DatasetRead](items=[dataset_read(d) for d in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{ref}", response_model=DatasetDetail)
+@router.get("/{ref}", dependencies=[SUBMIT], response_model=DatasetDetail)
 def get_dataset(ref: str, session: ReadSessionDep) -> DatasetDetail:
     """One dataset (by id or name) with its schema, statistics and the sweeps that use it."""
     ds = _dataset_or_404(session, ref)
@@ -114,7 +119,7 @@ def get_dataset(ref: str, session: ReadSessionDep) -> DatasetDetail:
     )
 
 
-@router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT, responses={409: {}})
+@router.delete("/{ref}", dependencies=[SUBMIT], status_code=status.HTTP_204_NO_CONTENT, responses={409: {}})
 def delete_dataset(ref: str, session: SessionDep) -> Response:
     """Delete a dataset; refused (409) while a sweep is at work on it."""
     try:
@@ -124,8 +129,8 @@ def delete_dataset(ref: str, session: SessionDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{dataset_id}/data", tags=["workers"], response_class=Response)
-def get_dataset_data(dataset_id: int, session: ReadSessionDep) -> Response:
+@router.get("/{dataset_id}/data", dependencies=[WORKER_DATA], tags=["workers"], response_class=Response)
+def get_dataset_data(dataset_id: IdPath, session: ReadSessionDep) -> Response:
     """The encoded arrays (.npz) for workers; the data hash is in a header."""
     loaded = svc.dataset_bytes(session, dataset_id)
     if loaded is None:

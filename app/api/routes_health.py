@@ -6,6 +6,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app.api.deps import ERROR_RESPONSES
+from app.auth import require
+from app.models import TokenScope
 from app.services import ops
 
 router = APIRouter(tags=["health"])
@@ -25,7 +28,13 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if r.ready else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    # Scrapers send a read token when auth is on (only /healthz and /readyz are public).
+    dependencies=[require(write=TokenScope.admin)],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **ERROR_RESPONSES},
+)
 def metrics(request: Request) -> Response:
     """Prometheus metrics (text format): HTTP traffic, trials, queue, workers, leases."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,14 +7,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 from sqlalchemy import select
 
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.api.routes_datasets import read_limited
-from app.models import Sweep, Trial, TrialStatus
-from app.schemas import TrialRead
+from app.auth import require
+from app.models import Sweep, TokenScope, Trial, TrialStatus
+from app.schemas import ErrorRead, TrialRead
 from app.schemas_datasets import ModelArtifactRead
 from app.services import artifacts, reruns
 
-router = APIRouter(prefix="/api/v1", tags=["models"])
+router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
+# Guards per route: workers upload models, readers download them, submitters ask for reruns.
+SUBMIT = require(write=TokenScope.submit)
+WORKER = require(write=TokenScope.worker)
 
 Kind = Literal["best", "refit"]
 Format = Literal["state_dict", "torchscript"]
@@ -22,13 +26,15 @@ Format = Literal["state_dict", "torchscript"]
 
 @router.post(
     "/workers/{worker_id}/trials/{trial_id}/model",
+    dependencies=[WORKER],
+    responses={409: {"model": ErrorRead, "description": "the lease is not (or no longer) held"}},
     status_code=status.HTTP_201_CREATED,
     response_model=list[ModelArtifactRead],
     tags=["workers"],
 )
 def upload_model(
     worker_id: str,
-    trial_id: int,
+    trial_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     lease_token: Annotated[str, Form(min_length=1, max_length=64)],
@@ -58,17 +64,17 @@ def upload_model(
     return [ModelArtifactRead.model_validate(r) for r in rows]
 
 
-@router.get("/sweeps/{sweep_id}/models", response_model=list[ModelArtifactRead])
-def list_models(sweep_id: int, session: ReadSessionDep) -> list[ModelArtifactRead]:
+@router.get("/sweeps/{sweep_id}/models", dependencies=[SUBMIT], response_model=list[ModelArtifactRead])
+def list_models(sweep_id: IdPath, session: ReadSessionDep) -> list[ModelArtifactRead]:
     """The sweep's stored models (kind best and, with refit, refit; each as state_dict and torchscript)."""
     if session.get(Sweep, sweep_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found")
     return [ModelArtifactRead.model_validate(r) for r in artifacts.list_models(session, sweep_id)]
 
 
-@router.get("/sweeps/{sweep_id}/model", response_class=Response)
+@router.get("/sweeps/{sweep_id}/model", dependencies=[SUBMIT], response_class=Response)
 def download_model(
-    sweep_id: int,
+    sweep_id: IdPath,
     session: ReadSessionDep,
     kind: Annotated[Kind, Query()] = "best",
     format: Annotated[Format, Query()] = "state_dict",
@@ -94,9 +100,13 @@ def download_model(
 
 
 @router.post(
-    "/trials/{trial_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=TrialRead, tags=["trials"]
+    "/trials/{trial_id}/rerun",
+    dependencies=[SUBMIT],
+    status_code=status.HTTP_201_CREATED,
+    response_model=TrialRead,
+    tags=["trials"],
 )
-def rerun(trial_id: int, session: SessionDep, settings: SettingsDep) -> TrialRead:
+def rerun(trial_id: IdPath, session: SessionDep, settings: SettingsDep) -> TrialRead:
     """Queue an identical copy of an ended trial (role rerun, not ranked)."""
     source = session.get(Trial, trial_id)
     if source is None:

@@ -6,14 +6,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from app.api.deps import ReadSessionDep
-from app.models import Sweep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep
+from app.auth import require
+from app.models import Sweep, TokenScope
 from app.plot_schemas import ConfigsRead, CurvesRead, HeatmapRead, HistoryRead
 from app.services import plots
 from app.services.sweeps import get_sweep
 from app.spec import AXES
 
-router = APIRouter(prefix="/api/v1/sweeps", tags=["plots"])
+router = APIRouter(
+    prefix="/api/v1/sweeps",
+    tags=["plots"],
+    dependencies=[require(write=TokenScope.submit)],
+    responses=ERROR_RESPONSES,
+)
 
 Axis = Literal[AXES]  # type: ignore[valid-type]
 
@@ -27,20 +33,20 @@ def _sweep_or_404(session: ReadSessionDep, sweep_id: int) -> Sweep:
 
 @router.get("/{sweep_id}/curves", response_model=CurvesRead)
 def get_curves(
-    sweep_id: int, session: ReadSessionDep, top: Annotated[int, Query(ge=1, le=100)] = 10
+    sweep_id: IdPath, session: ReadSessionDep, top: Annotated[int, Query(ge=1, le=100)] = 10
 ) -> CurvesRead:
     """Validation loss per epoch of every seed of the top configs, best first."""
     return CurvesRead.model_validate(plots.learning_curves(session, _sweep_or_404(session, sweep_id), top))
 
 
 @router.get("/{sweep_id}/history", response_model=HistoryRead)
-def get_history(sweep_id: int, session: ReadSessionDep) -> HistoryRead:
+def get_history(sweep_id: IdPath, session: ReadSessionDep) -> HistoryRead:
     """Finished trials in completion order with their metric and the best so far."""
     return HistoryRead.model_validate(plots.completion_history(session, _sweep_or_404(session, sweep_id)))
 
 
 @router.get("/{sweep_id}/heatmap", response_model=HeatmapRead)
-def get_heatmap(sweep_id: int, session: ReadSessionDep, x: Axis, y: Axis) -> HeatmapRead:
+def get_heatmap(sweep_id: IdPath, session: ReadSessionDep, x: Axis, y: Axis) -> HeatmapRead:
     """The metric over parameters ``x`` and ``y``, each cell the best over the other parameters."""
     if x == y:
         detail = [{"loc": ["query", "y"], "msg": "y must differ from x", "type": "value_error"}]
@@ -50,7 +56,7 @@ def get_heatmap(sweep_id: int, session: ReadSessionDep, x: Axis, y: Axis) -> Hea
 
 @router.get("/{sweep_id}/configs", response_model=ConfigsRead)
 def get_configs(
-    sweep_id: int, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 2000
+    sweep_id: IdPath, session: ReadSessionDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 2000
 ) -> ConfigsRead:
     """The best configs with their grid parameters and mean metric (parallel coordinates)."""
     return ConfigsRead.model_validate(plots.config_scores(session, _sweep_or_404(session, sweep_id), limit))

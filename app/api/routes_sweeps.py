@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.api.presenters import best_read, sweep_read, trial_detail
-from app.models import Sweep, Trial, TrialStatus
+from app.auth import PrincipalDep, require
+from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
     BestRead,
     LeaderboardEntry,
@@ -21,13 +22,24 @@ from app.schemas import (
     TrialDetail,
     TrialRead,
 )
+from app.services import idempotency
 from app.services import sweeps as sweep_service
 from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
-router = APIRouter(prefix="/api/v1", tags=["sweeps"])
+# Read tokens may GET; creating and canceling sweeps needs the submit scope.
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["sweeps"],
+    dependencies=[require(write=TokenScope.submit)],
+    responses=ERROR_RESPONSES,
+)
 
 Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(min_length=1, max_length=255, description="the same key and body return the first answer"),
+]
 
 
 def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
@@ -38,10 +50,33 @@ def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
 
 
 @router.post("/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepCreated)
-def create_sweep(spec: SweepCreate, session: SessionDep, settings: SettingsDep) -> SweepCreated:
-    """Submit a sweep: the spec is validated and expanded into trials."""
+def create_sweep(
+    spec: SweepCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepCreated:
+    """Submit a sweep: the spec is validated and expanded into trials (at most once per key)."""
+    if idempotency_key is None:
+        sweep = sweep_service.create_sweep(session, spec, settings)
+        return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+    owner = principal.name if principal else ""
+    digest = idempotency.request_hash(spec.model_dump(mode="json"))
+    try:
+        key = idempotency.begin(session, owner, idempotency_key, digest)
+    except idempotency.IdempotencyConflict as exc:
+        detail = [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "value_error"}]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from exc
+    if isinstance(key, idempotency.Replay):
+        response.status_code = key.status_code
+        response.headers["Idempotent-Replayed"] = "true"
+        return SweepCreated(**key.response)
     sweep = sweep_service.create_sweep(session, spec, settings)
-    return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+    created = SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+    idempotency.finish(session, key, sweep.id, status.HTTP_201_CREATED, created.model_dump(mode="json"))
+    return created
 
 
 @router.get("/sweeps", response_model=Page[SweepRead])

@@ -7,12 +7,15 @@ drop it because the lease was lost (``lost``).
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
-from app.models import Sweep, Trial, TrialStatus, Worker
+from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep
+from app.auth import require
+from app.models import Sweep, TokenScope, Trial, TrialStatus, Worker
 from app.schemas import (
     ClaimedTrial,
     ClaimRequest,
@@ -21,13 +24,22 @@ from app.schemas import (
     EpochsRequest,
     LeasesRequest,
     LeaseStates,
+    ReleaseRequest,
     WorkerCreate,
     WorkerRead,
 )
 from app.services import trials as trial_service
 from app.services.artifacts import claim_plans
 
-router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
+log = logging.getLogger("gridsweep.api")
+
+# Worker tokens may use the protocol (POST) and nothing else; listing workers is a read.
+router = APIRouter(
+    prefix="/api/v1/workers",
+    tags=["workers"],
+    dependencies=[require(write=TokenScope.worker)],
+    responses=ERROR_RESPONSES,
+)
 
 
 def _worker_or_404(session: Session, worker_id: str) -> Worker:
@@ -119,11 +131,16 @@ def report_epochs(
 def complete(worker_id: str, body: CompleteRequest, session: SessionDep) -> LeaseStates:
     """End trials with their outcome (fenced by the lease token)."""
     _worker_or_404(session, worker_id)
-    return LeaseStates(states=trial_service.complete(session, [o.model_dump() for o in body.outcomes]))
+    states = trial_service.complete(session, [o.model_dump() for o in body.outcomes])
+    for o in body.outcomes:  # one line per recorded outcome: an audit trail of who ended what
+        if states.get(o.trial_id) == trial_service.LeaseState.ok:
+            log.info("trial %d ended %s, recorded from worker %s", o.trial_id, o.status, worker_id)
+    return LeaseStates(states=states)
 
 
 @router.post("/{worker_id}/release", response_model=LeaseStates)
-def release(worker_id: str, body: LeasesRequest, session: SessionDep) -> LeaseStates:
-    """Give trials back to the queue without using an attempt (worker stopping)."""
+def release(worker_id: str, body: ReleaseRequest, session: SessionDep) -> LeaseStates:
+    """Give trials back to the queue (stopping: no attempt used; out of memory: it counts)."""
     _worker_or_404(session, worker_id)
-    return LeaseStates(states=trial_service.release(session, _leases(body)))
+    reason = trial_service.ReleaseReason(body.reason)
+    return LeaseStates(states=trial_service.release(session, _leases(body), reason, body.error))

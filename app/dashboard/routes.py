@@ -11,12 +11,15 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app import __version__
-from app.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import IdPath, ReadSessionDep, SessionDep, SettingsDep
+from app.auth import require
 from app.dashboard import views
 from app.dashboard.format import FILTERS
+from app.models import TokenScope
 from app.services.sweeps import cancel_sweep
 
-router = APIRouter(include_in_schema=False)
+# Pages read (read scope); the cancel button writes (submit). Browsers send the token as a cookie.
+router = APIRouter(include_in_schema=False, dependencies=[require(write=TokenScope.submit)])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters.update(FILTERS)
 templates.env.trim_blocks = templates.env.lstrip_blocks = True
@@ -51,7 +54,7 @@ def sweeps_fragment(request: Request, session: ReadSessionDep) -> HTMLResponse:
 
 
 @router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
-def sweep_page(sweep_id: int, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def sweep_page(sweep_id: IdPath, request: Request, session: ReadSessionDep) -> HTMLResponse:
     """One sweep: summary, best config, plots, trials table and spec."""
     return _render(
         request, "sweep.html", lambda: views.sweep_context(session, sweep_id, request.query_params)
@@ -59,19 +62,19 @@ def sweep_page(sweep_id: int, request: Request, session: ReadSessionDep) -> HTML
 
 
 @router.get("/fragments/sweeps/{sweep_id}/summary", response_class=HTMLResponse)
-def sweep_summary(sweep_id: int, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def sweep_summary(sweep_id: IdPath, request: Request, session: ReadSessionDep) -> HTMLResponse:
     """Status, progress, counts and best config of a sweep (polled while it is live)."""
     return _render(request, "_summary.html", lambda: views.summary_for(session, sweep_id))
 
 
 @router.get("/fragments/sweeps/{sweep_id}/trials", response_class=HTMLResponse)
-def sweep_trials(sweep_id: int, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def sweep_trials(sweep_id: IdPath, request: Request, session: ReadSessionDep) -> HTMLResponse:
     """One page of the trials table, filtered and sorted server-side."""
     return _render(request, "_trials.html", lambda: views.table_for(session, sweep_id, request.query_params))
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_class=HTMLResponse)
-def cancel(sweep_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def cancel(sweep_id: IdPath, request: Request, session: SessionDep) -> HTMLResponse:
     """Cancel a sweep from its page; answers with the new summary."""
 
     def build() -> dict[str, Any]:
@@ -87,13 +90,13 @@ def cancel(sweep_id: int, request: Request, session: SessionDep) -> HTMLResponse
 
 
 @router.get("/trials/{trial_id}", response_class=HTMLResponse)
-def trial_page(trial_id: int, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def trial_page(trial_id: IdPath, request: Request, session: ReadSessionDep) -> HTMLResponse:
     """One trial: params, metrics, per-epoch curve, error, worker."""
     return _render(request, "trial.html", lambda: views.trial_context(session, trial_id))
 
 
 @router.get("/fragments/trials/{trial_id}", response_class=HTMLResponse)
-def trial_fragment(trial_id: int, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def trial_fragment(trial_id: IdPath, request: Request, session: ReadSessionDep) -> HTMLResponse:
     """The trial's status and metrics (polled while it runs)."""
     return _render(request, "_trial.html", lambda: views.trial_context(session, trial_id))
 

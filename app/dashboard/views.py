@@ -12,6 +12,7 @@ from app.api.presenters import best_read
 from app.config import Settings
 from app.dashboard.format import AXIS_LABELS, STATUS_ORDER, spec_rows, spec_yaml
 from app.models import Sweep, SweepStatus, Trial, TrialStatus, Worker
+from app.schemas import DB_INT_MAX
 from app.services.overview import sweep_pulse, sweep_rows, trial_page, worker_rows
 from app.services.plots import grid_axes
 from app.services.sweeps import get_sweep
@@ -40,6 +41,8 @@ def _int(raw: str | None, name: str, default: int, lo: int = 1) -> int:
         raise PageError(400, f"{name} must be a whole number, got {raw!r}") from None
     if value < lo:
         raise PageError(400, f"{name} must be at least {lo}, got {value}")
+    if value > DB_INT_MAX:  # LIMIT/OFFSET are 32/64-bit in the database: a huge one is a 400, not a 500
+        raise PageError(400, f"{name} must be at most {DB_INT_MAX}, got {value}")
     return value
 
 

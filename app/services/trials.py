@@ -237,21 +237,50 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
     return states
 
 
-def release(session: Session, leases: list[Lease]) -> dict[int, LeaseState]:
-    """Give trials back to the queue without using up an attempt (worker shutting down)."""
+class ReleaseReason(StrEnum):
+    shutdown = "shutdown"  # the worker is stopping: back to the queue, no attempt used
+    out_of_memory = "out_of_memory"  # retried (elsewhere or smaller), but the attempt counts
+
+
+def release(
+    session: Session,
+    leases: list[Lease],
+    reason: ReleaseReason = ReleaseReason.shutdown,
+    error: str | None = None,
+) -> dict[int, LeaseState]:
+    """Give trials back to the queue (fenced by the lease token).
+
+    A shutdown does not use up an attempt; out of memory does, so a trial that cannot fit
+    anywhere ends ``failed`` after ``max_attempts`` instead of bouncing forever.
+    """
+    now = db_now(session)
     held = _held(session, leases)
+    finished: set[int] = set()
     for t in held.values():
-        # The next claim reuses this attempt number: drop the abandoned run's epochs, or the
-        # new run's reports would be ignored as retries of them and the curve would be stale.
-        session.execute(
-            delete(TrialEpoch).where(TrialEpoch.trial_id == t.id, TrialEpoch.attempt == t.attempt)
-        )
-        t.status = TrialStatus.queued
-        t.attempt = max(0, t.attempt - 1)
         t.lease_token = None
         t.lease_expires_at = None
         t.worker_id = None
         t.started_at = None
+        if reason == ReleaseReason.shutdown:
+            # The attempt is handed back, so its epoch rows go too: the rerun reuses its number.
+            session.execute(
+                delete(TrialEpoch).where(TrialEpoch.trial_id == t.id, TrialEpoch.attempt == t.attempt)
+            )
+            t.status = TrialStatus.queued
+            t.attempt = max(0, t.attempt - 1)
+            t.epochs_done = 0
+            continue
+        why = f"out of memory on attempt {t.attempt} of {t.max_attempts}" + (f": {error}" if error else "")
+        t.error = why[:20_000]
+        if t.attempt >= t.max_attempts:
+            t.status = TrialStatus.failed
+            t.finished_at = now
+            finished.add(t.sweep_id)
+        else:
+            t.status = TrialStatus.queued
+    session.flush()
+    for sweep_id in sorted(finished):
+        finalize_if_done(session, sweep_id)
     return {lease.trial_id: LeaseState.ok if lease.trial_id in held else LeaseState.lost for lease in leases}
 
 
@@ -280,6 +309,26 @@ def reap_expired(session: Session) -> int:
     for sweep_id in sorted(failed_sweeps):
         finalize_if_done(session, sweep_id)
     return len(expired)
+
+
+def extend_running_leases(session: Session, lease_seconds: float) -> int:
+    """Give every running trial a fresh lease; returns how many were extended.
+
+    Called once after the API could not reach the database (or has just started): the
+    workers' heartbeats could not land meanwhile, so an expired lease then says nothing
+    about its worker. A worker that is really gone is reaped one lease later.
+    """
+    now = db_now(session)
+    result = session.execute(
+        update(Trial)
+        .where(
+            Trial.status == TrialStatus.running,
+            Trial.lease_expires_at < now + timedelta(seconds=lease_seconds),
+        )
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
 
 
 def count_online_workers(session: Session, within_seconds: float) -> int:
