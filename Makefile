@@ -26,7 +26,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup system-deps lint
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=15
 
 bench: setup
 	$(PY) bench/fused.py

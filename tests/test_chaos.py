@@ -54,7 +54,8 @@ def test_chaos_sigkill_workers_nothing_lost_nothing_twice(
 
     def launch() -> subprocess.Popen[bytes]:
         logs.append(tmp_path / f"worker-{len(logs)}.log")  # the start_worker fixture's naming
-        return start_worker(server.url)
+        # One trial at a time: fused packs finish 200 short trials before a few kills land.
+        return start_worker(server.url, "--pack-size", "1")
 
     workers = [launch() for _ in range(3)]
     slots = list(range(3))  # slot -> index into logs

@@ -60,6 +60,10 @@ OnFinish = Callable[[dict[int, TrialResult]], None]
 OnStep = Callable[[int, list[int], torch.Tensor], None]
 
 
+class PackStopped(Exception):
+    """``should_stop()`` said so before a step: the whole pack stops where it is."""
+
+
 def _check_pack(cfgs: Sequence[TrialConfig], data: TensorSplit) -> str:
     """Validate that ``cfgs`` may share a pack; return the concrete loss."""
     first = cfgs[0]
@@ -94,6 +98,7 @@ def train_pack(
     keep_models: bool = False,
     allow_tf32: bool = False,
     on_step: OnStep | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[TrialResult]:
     """Train every config of ``cfgs`` at once; the results are in the order of ``cfgs``.
 
@@ -108,6 +113,8 @@ def train_pack(
     * ``on_finish({i: TrialResult})`` as soon as trials leave the pack (diverged,
       canceled, dropped, or done), so results can be reported while the rest train.
     * ``on_step(epoch, [i...], losses)`` after every step (tests: per-step losses).
+    * ``should_stop()`` before every step: True raises ``PackStopped`` (a worker that is
+      shutting down stops within one step, not one epoch).
 
     A trial's ``duration_seconds`` is its share of the pack's wall time (each epoch's
     time split evenly among the trials that trained in it). ``mode`` chooses blocks:
@@ -119,7 +126,8 @@ def train_pack(
         return []
     with _tf32(data.device, allow_tf32):
         return _train_pack(
-            cfgs, data, on_epoch, on_finish, evaluate_test, train_on_validation, mode, keep_models, on_step
+            cfgs, data, on_epoch, on_finish, evaluate_test, train_on_validation, mode, keep_models, on_step,
+            should_stop,
         )
 
 
@@ -149,6 +157,7 @@ def _train_pack(
     mode: str,
     keep_models: bool,
     on_step: OnStep | None,
+    should_stop: Callable[[], bool] | None,
 ) -> list[TrialResult]:
     t0 = time.perf_counter()
     loss_name = _check_pack(cfgs, data)
@@ -208,6 +217,9 @@ def _train_pack(
         Xp, yp = X_fit[perm], y_fit[perm]
         total = torch.zeros(len(ids), dtype=torch.float64, device=device)
         for start in range(0, n_fit, batch):
+            # A flag read per step (~100 ns) lets a worker stop within one step, not one epoch.
+            if should_stop is not None and should_stop():
+                raise PackStopped
             xb, yb = Xp[start : start + batch], yp[start : start + batch]
             out = [b.forward(xb, train=True) for b in blocks]
             losses = pack_losses(torch.cat(out) if len(out) > 1 else out[0], yb, loss_name)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.client import ApiError
 from worker.config import TrialConfig
-from worker.fused import train_packs
+from worker.fused import PackStopped, train_packs
 from worker.train import EpochMetrics, TrialResult
 
 if TYPE_CHECKING:
@@ -188,8 +188,16 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> 
         reporter.complete(outcomes)
 
     started = time.monotonic()
+    def should_stop() -> bool:  # asked every step: a SIGTERM stops the pack at once
+        return w.stopping.is_set()
+
     try:
-        train_packs(cfgs, data, on_epoch=on_epoch, on_finish=on_finish, allow_tf32=w.allow_tf32)
+        train_packs(
+            cfgs, data, on_epoch=on_epoch, on_finish=on_finish, allow_tf32=w.allow_tf32,
+            should_stop=should_stop,
+        )
+    except PackStopped:
+        raise Abandon from None  # Worker.run releases the pack's unfinished trials
     except (Abandon, ApiError):
         raise
     except Exception as exc:
