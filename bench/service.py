@@ -2,7 +2,7 @@
 
 Prints its figures; it is not a test. In one process, one after another:
 
-  engine   worker.fused.train_packs over the grid, in claim order, in packs of the
+  engine   worker.fused_packs.train_packs over the grid, in claim order, in packs of the
            worker's default size (what a worker does, without store or HTTP), then the
            best config retrained once on the reference path (the sweep's final trial);
   service  ``gridsweep run`` on a fresh SQLite store (in-process API + one worker,
@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fused import grid, load, machine  # noqa: E402
 
-from worker.fused import train_packs  # noqa: E402
+from worker.fused_packs import train_packs  # noqa: E402
 from worker.packing import auto_pack_size  # noqa: E402
 from worker.train import train_trial  # noqa: E402
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.client import ApiError
 from worker.config import TrialConfig
-from worker.fused import train_packs
+from worker.fused_packs import train_packs
 from worker.train import EpochMetrics, TrialResult
 
 if TYPE_CHECKING:
@@ -179,7 +179,14 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> 
 
     started = time.monotonic()
     try:
-        train_packs(cfgs, data, on_epoch=on_epoch, on_finish=on_finish, allow_tf32=w.allow_tf32)
+        train_packs(
+            cfgs,
+            data,
+            threads=w.pack_threads,
+            on_epoch=on_epoch,
+            on_finish=on_finish,
+            allow_tf32=w.allow_tf32,
+        )
     except (Abandon, ApiError):
         raise
     except Exception as exc:
