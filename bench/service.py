@@ -62,12 +62,13 @@ def spec(quick: bool) -> dict:
 
 def engine(quick: bool) -> tuple[float, float, list[float]]:
     cfgs, data, pack = grid(quick), load(), auto_pack_size("cpu")
-    train_packs(cfgs[:2], data)  # warm-up, as a running worker would be
+    threads = torch.get_num_threads()  # the worker trains a CPU pack in one part per thread
+    train_packs(cfgs[:2], data, threads=threads)  # warm-up, as a running worker would be
     t = time.perf_counter()
     vals = [
         r.metrics["val_loss"]
         for s in range(0, len(cfgs), pack)
-        for r in train_packs(cfgs[s : s + pack], data)
+        for r in train_packs(cfgs[s : s + pack], data, threads=threads)
     ]
     grid_s = time.perf_counter() - t
     best = cfgs[int(np.argmin(vals))]
