@@ -18,6 +18,7 @@ process, one after another:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -191,7 +192,8 @@ def main() -> None:
         ]
 
     if "c" in only:
-        train_packs(cfgs[:2], data, threads=threads)  # warm-up (allocator, kernels): once per worker
+        # Warm-up (allocator, page faults, kernels), as a running worker has: one epoch of a pack.
+        train_packs([dataclasses.replace(c, epochs=1) for c in cfgs[-pack:]], data, threads=threads)
         rate["c"], vals["c"] = timed(
             f"(c) fused, packs of {pack} in {threads} parts (threads)", lambda: packs("auto"), n
         )

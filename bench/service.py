@@ -16,6 +16,7 @@ Prints its figures; it is not a test. In one process, one after another:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,7 +64,8 @@ def spec(quick: bool) -> dict:
 def engine(quick: bool) -> tuple[float, float, list[float]]:
     cfgs, data, pack = grid(quick), load(), auto_pack_size("cpu")
     threads = torch.get_num_threads()  # the worker trains a CPU pack in one part per thread
-    train_packs(cfgs[:2], data, threads=threads)  # warm-up, as a running worker would be
+    # Warm-up (allocator, page faults, kernels), as a running worker has: one epoch of a pack.
+    train_packs([dataclasses.replace(c, epochs=1) for c in cfgs[-pack:]], data, threads=threads)
     t = time.perf_counter()
     vals = [
         r.metrics["val_loss"]
