@@ -7,8 +7,9 @@ process, one after another:
 
   (a) a plain per-trial PyTorch loop with a DataLoader (an Optuna/Ray Tune objective)
   (b) gridsweep's --pack-size 1 reference path (worker.train.train_trial)
-  (c) gridsweep fused (worker.fused.train_packs, packs of --pack-size in claim order),
-      also with blocks forced to exact architectures ("group") and padded ("pad")
+  (c) gridsweep fused (worker.fused_packs.train_packs, packs of --pack-size in claim order, each
+      in one part per core as the worker does), also as one part on all cores (OpenMP), and
+      with blocks forced to exact architectures ("group") or padded ("pad", "pad_all")
   (d) scikit-learn MLPRegressor (adam, batch 256, 5 iterations)
 
     python bench/fused.py [--quick] [--pack-size 64] [--only a,b,c,d] [--threads N]
@@ -17,6 +18,7 @@ process, one after another:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.config import TrialConfig
 from worker.datasets import load_builtin, split_dataset
-from worker.fused import train_packs
+from worker.fused_packs import train_packs
 from worker.packing import auto_pack_size, matmul_flops
 from worker.train import TensorSplit, to_tensors, train_trial
 
@@ -180,17 +182,25 @@ def main() -> None:
     rate: dict[str, float] = {}
     vals: dict[str, list[float]] = {}
 
-    def packs(mode: str) -> list[float]:
+    threads = torch.get_num_threads()
+
+    def packs(mode: str, threads: int = threads) -> list[float]:
         return [
             r.metrics["val_loss"]
             for s in range(0, n, pack)
-            for r in train_packs(cfgs[s : s + pack], data, mode=mode)
+            for r in train_packs(cfgs[s : s + pack], data, mode=mode, threads=threads)
         ]
 
     if "c" in only:
-        train_packs(cfgs[:2], data)  # warm-up (allocator, kernels): paid once per worker
-        rate["c"], vals["c"] = timed(f"(c) fused, packs of {pack}, auto blocks", lambda: packs("auto"), n)
+        # Warm-up (allocator, page faults, kernels), as a running worker has: one epoch of a pack.
+        train_packs([dataclasses.replace(c, epochs=1) for c in cfgs[-pack:]], data, threads=threads)
+        rate["c"], vals["c"] = timed(
+            f"(c) fused, packs of {pack} in {threads} parts (threads)", lambda: packs("auto"), n
+        )
         gflops = useful_flops(cfgs, data) / (n / rate["c"]) / 1e9
+        rate["omp"], _ = timed(
+            f"    fused, one part on {threads} torch threads", lambda: packs("auto", threads=1), n
+        )
         rate["group"], _ = timed("    fused, blocks by exact architecture", lambda: packs("group"), n)
         rate["pad"], _ = timed("    fused, widths padded (blocks by depth)", lambda: packs("pad"), n)
         rate["pad_all"], _ = timed("    fused, widths and depths padded", lambda: packs("pad_all"), n)

@@ -2,7 +2,7 @@
 
 Prints its figures; it is not a test. In one process, one after another:
 
-  engine   worker.fused.train_packs over the grid, in claim order, in packs of the
+  engine   worker.fused_packs.train_packs over the grid, in claim order, in packs of the
            worker's default size (what a worker does, without store or HTTP), then the
            best config retrained once on the reference path (the sweep's final trial);
   service  ``gridsweep run`` on a fresh SQLite store (in-process API + one worker,
@@ -16,6 +16,7 @@ Prints its figures; it is not a test. In one process, one after another:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fused import grid, load, machine  # noqa: E402
 
-from worker.fused import train_packs  # noqa: E402
+from worker.fused_packs import train_packs  # noqa: E402
 from worker.packing import auto_pack_size  # noqa: E402
 from worker.train import train_trial  # noqa: E402
 
@@ -61,12 +63,14 @@ def spec(quick: bool) -> dict:
 
 def engine(quick: bool) -> tuple[float, float, list[float]]:
     cfgs, data, pack = grid(quick), load(), auto_pack_size("cpu")
-    train_packs(cfgs[:2], data)  # warm-up, as a running worker would be
+    threads = torch.get_num_threads()  # the worker trains a CPU pack in one part per thread
+    # Warm-up (allocator, page faults, kernels), as a running worker has: one epoch of a pack.
+    train_packs([dataclasses.replace(c, epochs=1) for c in cfgs[-pack:]], data, threads=threads)
     t = time.perf_counter()
     vals = [
         r.metrics["val_loss"]
         for s in range(0, len(cfgs), pack)
-        for r in train_packs(cfgs[s : s + pack], data)
+        for r in train_packs(cfgs[s : s + pack], data, threads=threads)
     ]
     grid_s = time.perf_counter() - t
     best = cfgs[int(np.argmin(vals))]

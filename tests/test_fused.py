@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-import worker.fused as fused
+import worker.fused_packs as fused_packs
 import worker.train as train
 from worker.config import ACTIVATIONS, OPTIMIZERS, TrialConfig
 from worker.datasets import load_builtin, make_dataset, split_dataset
-from worker.fused import train_pack, train_packs
+from worker.fused import train_pack
 from worker.fused_model import Block, pack_losses
 from worker.fused_opt import StackedOptimizer
+from worker.fused_packs import train_packs
 from worker.packing import pack_bytes_per_trial, plan_blocks
 from worker.train import TensorSplit, TrialResult, to_tensors, train_trial
 
@@ -267,7 +268,7 @@ def test_out_of_memory_splits_the_pack_and_retries(monkeypatch: pytest.MonkeyPat
     data = easy("reg")
     cfgs = [cfg_(seed=s, learning_rate=0.01 * (s + 1)) for s in range(5)]
     whole = train_pack(cfgs, data)
-    real = fused.train_pack
+    real = fused_packs.train_pack
     sizes: list[int] = []
 
     def small_device(part: list[TrialConfig], *args: object, **kw: object) -> list:
@@ -276,7 +277,7 @@ def test_out_of_memory_splits_the_pack_and_retries(monkeypatch: pytest.MonkeyPat
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(part, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fused, "train_pack", small_device)
+    monkeypatch.setattr(fused_packs, "train_pack", small_device)
     reported: list[int] = []
     split = train_packs(cfgs, data, on_finish=lambda d: reported.extend(d))
     assert sizes == [5, 2, 3, 1, 2]
@@ -290,7 +291,7 @@ def test_out_of_memory_splits_the_pack_and_retries(monkeypatch: pytest.MonkeyPat
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
         return real(part, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fused, "train_pack", tiny_device)
+    monkeypatch.setattr(fused_packs, "train_pack", tiny_device)
     out = train_packs(cfgs, data)
     assert [r.status for r in out] == ["succeeded", "failed", "succeeded", "succeeded", "succeeded"]
     assert out[1].error is not None and out[1].error.startswith("out of memory")
@@ -301,7 +302,7 @@ def test_out_of_memory_splits_the_pack_and_retries(monkeypatch: pytest.MonkeyPat
         sizes.append(len(part))
         return real(part, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fused, "train_pack", recording)
+    monkeypatch.setattr(fused_packs, "train_pack", recording)
     budgeted = train_packs(cfgs, data, budget=2 * pack_bytes_per_trial(cfgs, 3, 1, dtype_bytes=8))
     assert sizes == [2, 2, 1]
     for a, b in zip(budgeted, whole, strict=True):
@@ -356,3 +357,24 @@ def test_pack_size_option() -> None:
     assert auto_pack_size("cpu") == 64 and auto_pack_size("cuda") == 512
     result = CliRunner().invoke(main, ["worker", "--pack-size", "0", "--server", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "pack size must be between 1 and 1024" in result.output
+
+
+def test_threads_split_a_pack_evenly_and_change_nothing() -> None:
+    from worker.packing import split_for_threads
+
+    data = easy("reg")
+    cfgs = [cfg_(layers=layers, hidden_units=(w,) * layers, learning_rate=lr, seed=s, dropout=0.1 * s)
+            for layers in (1, 2) for w in (4, 8) for s, lr in enumerate([0.01, 0.02, 0.03])]  # fmt: skip
+    parts = split_for_threads(cfgs, 2)
+    assert sorted(i for p in parts for i in p) == list(range(12)) and [len(p) for p in parts] == [6, 6]
+    for p in parts:  # every architecture in both halves
+        assert len({cfgs[i].hidden_units for i in p}) == 4
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    one = train_packs(cfgs, data, threads=1)
+    two = train_packs(cfgs, data, threads=2, on_finish=lambda d: seen.extend(d))
+    assert sorted(seen) == list(range(12))
+    assert torch.get_num_threads() == before
+    for a, b in zip(one, two, strict=True):
+        assert a.status == b.status == "succeeded"
+        assert rel(a.metrics["val_loss"], b.metrics["val_loss"]) <= RTOL64

@@ -38,14 +38,13 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 import torch
 
 from worker.config import TrialConfig, resolve_loss
 from worker.fused_model import Block, evaluate_block, pack_losses
 from worker.fused_opt import StackedOptimizer
-from worker.packing import memory_budget, plan_blocks, split_for_memory
+from worker.packing import plan_blocks
 from worker.train import (
     EpochMetrics,
     TensorSplit,
@@ -259,66 +258,4 @@ def _train_pack(
             leave(out, last)
         if not blocks:
             break
-    return [results[i] for i in range(len(cfgs))]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if torch.cuda.is_available() and isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    msg = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-def train_packs(
-    cfgs: Sequence[TrialConfig],
-    data: TensorSplit,
-    *,
-    budget: int | None = None,
-    on_epoch: OnEpoch | None = None,
-    on_finish: OnFinish | None = None,
-    **kw: Any,
-) -> list[TrialResult]:
-    """``train_pack`` over consecutive sub-packs that fit the device's memory (``budget``
-    bytes; default half of what is free). When one still runs out of memory, its trials
-    that have not finished are split in two and trained again from scratch (their
-    epochs are reported again: the API keeps the first report of each epoch); a single
-    trial that does not fit ends ``failed`` and the others go on."""
-    if not cfgs:
-        return []
-    loss = resolve_loss(cfgs[0].loss, data.task, data.n_classes)
-    n_out = n_outputs_for(loss, data.n_classes)
-    if budget is None:
-        budget = memory_budget(data.device)
-    itemsize = torch.empty((), dtype=data.dtype).element_size()
-    queue = split_for_memory(cfgs, data.n_features, n_out, budget, itemsize)
-    results: dict[int, TrialResult] = {}
-    while queue:
-        part = queue.pop(0)
-
-        def part_epoch(epoch: int, ms: dict[int, EpochMetrics], part: list[int] = part) -> Mapping[int, str]:
-            if on_epoch is None:
-                return {}
-            answer = on_epoch(epoch, {part[j]: m for j, m in ms.items()}) or {}
-            back = {i: j for j, i in enumerate(part)}
-            return {back[i]: d for i, d in answer.items()}
-
-        def part_finish(done: dict[int, TrialResult], part: list[int] = part) -> None:
-            mapped = {part[j]: r for j, r in done.items()}
-            results.update(mapped)
-            if on_finish is not None:
-                on_finish(mapped)
-
-        try:
-            train_pack([cfgs[i] for i in part], data, on_epoch=part_epoch, on_finish=part_finish, **kw)
-        except Exception as exc:
-            rest = [i for i in part if i not in results]
-            if not is_out_of_memory(exc):
-                raise
-            if data.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(rest) == 1:  # one trial alone does not fit: it fails, the others go on
-                part_finish({0: TrialResult(status="failed", error=f"out of memory: {exc}"[:2000])}, rest)
-                continue
-            half = len(rest) // 2
-            queue[:0] = [rest[:half], rest[half:]]
     return [results[i] for i in range(len(cfgs))]

@@ -23,7 +23,7 @@ import torch
 from worker.config import MOMENTUM
 
 if TYPE_CHECKING:
-    from worker.fused import Block
+    from worker.fused_model import Block
 
 # torch.optim.Adam / AdamW defaults (the reference path uses them).
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8

@@ -124,6 +124,7 @@ class Worker:
         self.worker_id = ""
         if threads:
             torch.set_num_threads(threads)
+        self.pack_threads = torch.get_num_threads()  # CPU packs: one part per thread
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from worker.client import ApiError
 from worker.config import TrialConfig
-from worker.fused import PackStopped, train_packs
+from worker.fused import PackStopped
+from worker.fused_packs import train_packs
 from worker.train import EpochMetrics, TrialResult
 
 if TYPE_CHECKING:
@@ -193,7 +194,12 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> 
 
     try:
         train_packs(
-            cfgs, data, on_epoch=on_epoch, on_finish=on_finish, allow_tf32=w.allow_tf32,
+            cfgs,
+            data,
+            threads=w.pack_threads,
+            on_epoch=on_epoch,
+            on_finish=on_finish,
+            allow_tf32=w.allow_tf32,
             should_stop=should_stop,
         )
     except PackStopped:

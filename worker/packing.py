@@ -150,3 +150,18 @@ def split_for_memory(
     per = pack_bytes_per_trial(cfgs, n_features, n_outputs, dtype_bytes)
     size = max(1, budget // max(1, per))
     return [list(range(s, min(s + size, len(cfgs)))) for s in range(0, len(cfgs), size)]
+
+
+def split_for_threads(cfgs: Sequence[TrialConfig], n: int) -> list[list[int]]:
+    """``cfgs`` (positions) dealt to ``n`` parts of near-equal cost: each architecture's
+    trials are dealt in turn, continuing where the previous architecture stopped."""
+    groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault((c.activation, tuple(c.hidden_units)), []).append(i)
+    parts: list[list[int]] = [[] for _ in range(max(1, n))]
+    turn = 0
+    for ids in groups.values():
+        for i in ids:
+            parts[turn % len(parts)].append(i)
+            turn += 1
+    return [sorted(p) for p in parts if p]

@@ -1,0 +1,145 @@
+"""Training a claimed pack: sub-packs sized to memory, out-of-memory retries, CPU threads.
+
+Pure: torch + worker.fused/packing; no database or HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from worker.config import TrialConfig, resolve_loss
+from worker.fused import OnEpoch, OnFinish, train_pack
+from worker.packing import memory_budget, split_for_memory, split_for_threads
+from worker.train import EpochMetrics, TensorSplit, TrialResult, n_outputs_for
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if torch.cuda.is_available() and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def train_packs(
+    cfgs: Sequence[TrialConfig],
+    data: TensorSplit,
+    *,
+    threads: int = 1,
+    budget: int | None = None,
+    on_epoch: OnEpoch | None = None,
+    on_finish: OnFinish | None = None,
+    **kw: Any,
+) -> list[TrialResult]:
+    """Train ``cfgs`` (one claimed pack) with ``train_pack``; results in the order of ``cfgs``.
+
+    * On a CPU with ``threads > 1`` the pack is cut into ``threads`` interleaved parts
+      (every architecture evenly spread), each trained by a thread of its own with one
+      torch thread: the parts run side by side with no OpenMP barrier between them, which
+      scales better than one pack on all cores and degrades far less on a shared machine.
+      The callbacks are then called from those threads (a part's trials at a time).
+    * Sub-packs fit the device's memory (``budget`` bytes; default half of what is free).
+      When one still runs out of memory, its trials that have not finished are split in
+      two and trained again from scratch (their epochs are reported again: the API keeps
+      the first report of each epoch); a single trial that does not fit ends ``failed``.
+    """
+    if not cfgs:
+        return []
+    if threads > 1 and data.device.type == "cpu" and len(cfgs) > 1:
+        return _in_threads(cfgs, data, threads, budget, on_epoch, on_finish, kw)
+    return _in_memory(cfgs, data, budget, on_epoch, on_finish, kw)
+
+
+def _remap(
+    part: list[int], on_epoch: OnEpoch | None, on_finish: OnFinish | None, results: dict[int, TrialResult]
+) -> tuple[OnEpoch, OnFinish]:
+    """Callbacks of a part (positions ``0..len(part)``) that speak the caller's positions."""
+
+    def part_epoch(epoch: int, ms: dict[int, EpochMetrics]) -> Mapping[int, str]:
+        if on_epoch is None:
+            return {}
+        answer = on_epoch(epoch, {part[j]: m for j, m in ms.items()}) or {}
+        back = {i: j for j, i in enumerate(part)}
+        return {back[i]: d for i, d in answer.items()}
+
+    def part_finish(done: dict[int, TrialResult]) -> None:
+        mapped = {part[j]: r for j, r in done.items()}
+        results.update(mapped)
+        if on_finish is not None:
+            on_finish(mapped)
+
+    return part_epoch, part_finish
+
+
+def _in_threads(
+    cfgs: Sequence[TrialConfig],
+    data: TensorSplit,
+    threads: int,
+    budget: int | None,
+    on_epoch: OnEpoch | None,
+    on_finish: OnFinish | None,
+    kw: dict[str, Any],
+) -> list[TrialResult]:
+    parts = split_for_threads(cfgs, threads)
+    results: dict[int, TrialResult] = {}
+    errors: list[BaseException] = []
+    share = None if budget is None else budget // len(parts)
+
+    def run(part: list[int]) -> None:
+        try:
+            ep, fin = _remap(part, on_epoch, on_finish, results)
+            _in_memory([cfgs[i] for i in part], data, share, ep, fin, kw)
+        except BaseException as exc:
+            errors.append(exc)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # process-wide: restored when the pack is done
+    try:
+        workers = [threading.Thread(target=run, args=(p,), name=f"pack-{j}") for j, p in enumerate(parts)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(cfgs))]
+
+
+def _in_memory(
+    cfgs: Sequence[TrialConfig],
+    data: TensorSplit,
+    budget: int | None,
+    on_epoch: OnEpoch | None,
+    on_finish: OnFinish | None,
+    kw: dict[str, Any],
+) -> list[TrialResult]:
+    loss = resolve_loss(cfgs[0].loss, data.task, data.n_classes)
+    n_out = n_outputs_for(loss, data.n_classes)
+    if budget is None:
+        budget = memory_budget(data.device)
+    itemsize = torch.empty((), dtype=data.dtype).element_size()
+    queue = split_for_memory(cfgs, data.n_features, n_out, budget, itemsize)
+    results: dict[int, TrialResult] = {}
+    while queue:
+        part = queue.pop(0)
+        part_epoch, part_finish = _remap(part, on_epoch, on_finish, results)
+        try:
+            train_pack([cfgs[i] for i in part], data, on_epoch=part_epoch, on_finish=part_finish, **kw)
+        except Exception as exc:
+            rest = [i for i in part if i not in results]
+            if not is_out_of_memory(exc):
+                raise
+            if data.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(rest) == 1:  # one trial alone does not fit: it fails, the others go on
+                _, finish_rest = _remap(rest, on_epoch, on_finish, results)
+                finish_rest({0: TrialResult(status="failed", error=f"out of memory: {exc}"[:2000])})
+                continue
+            half = len(rest) // 2
+            queue[:0] = [rest[:half], rest[half:]]
+    return [results[i] for i in range(len(cfgs))]
