@@ -34,8 +34,11 @@ from tests.robust_helpers import (
 pytestmark = pytest.mark.slow
 
 N_TRIALS = 200
-EPOCHS = 3
-KILL_EVERY_SECONDS = 4.0
+# Small packs of short trials: the fused path is exercised (a kill loses a whole pack) and the
+# sweep lasts long enough for several kills.
+EPOCHS = 10
+PACK_SIZE = "4"
+KILL_EVERY_SECONDS = 5.0
 ZOMBIE_EPOCHS = 25
 
 
@@ -48,14 +51,15 @@ def test_chaos_sigkill_workers_nothing_lost_nothing_twice(
     # Attempts: a trial may be hit by a kill more than once in a run like this; the default
     # of 3 is about real workers, this test kills one every few seconds on purpose.
     server = start_server(pg_only_url, **FAST_LEASES, max_attempts="8")
-    created = server.http.post("/api/v1/sweeps", json=spec("chaos", N_TRIALS, epochs=EPOCHS)).json()
+    created = server.http.post(
+        "/api/v1/sweeps", json=spec("chaos", N_TRIALS, epochs=EPOCHS, batch_size=16)
+    ).json()
     sid = created["id"]
     logs: list[Path] = []
 
     def launch() -> subprocess.Popen[bytes]:
         logs.append(tmp_path / f"worker-{len(logs)}.log")  # the start_worker fixture's naming
-        # One trial at a time: fused packs finish 200 short trials before a few kills land.
-        return start_worker(server.url, "--pack-size", "1")
+        return start_worker(server.url, "--pack-size", PACK_SIZE)
 
     workers = [launch() for _ in range(3)]
     slots = list(range(3))  # slot -> index into logs
@@ -64,11 +68,15 @@ def test_chaos_sigkill_workers_nothing_lost_nothing_twice(
     t0 = time.monotonic()
     deadline = t0 + 240
     while sweep(server.http, sid)["status"] not in ("succeeded", "failed", "canceled"):
-        assert time.monotonic() < deadline, f"sweep not done after 240s: {sweep(server.http, sid)['counts']}"
+        if time.monotonic() > deadline:
+            finals = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"role": "final"}).json()["items"]
+            brief = [(t["status"], t["attempt"], t["worker_id"], t["error"]) for t in finals]
+            counts = sweep(server.http, sid)["counts"]
+            raise AssertionError(f"sweep not done after 240s: {counts}, final trials {brief}")
         time.sleep(KILL_EVERY_SECONDS)
-        # Kill a worker that has recorded a trial since it started: killing one that is still
-        # importing torch would test nothing, and the sweep must move on between kills.
-        ready = [i for i in range(3) if ": recorded" in log_text(logs[slots[i]])]
+        # Kill a worker that has recorded trials since it started (one by one or a pack at once):
+        # killing one still importing torch would test nothing, and the sweep must move on.
+        ready = [i for i in range(3) if re.search(r": recorded|trials reported", log_text(logs[slots[i]]))]
         if not ready:
             continue
         victim = rng.choice(ready)
