@@ -43,9 +43,10 @@ def run_pack(w: Worker, claimed: list[dict[str, Any]]) -> int:
 
     singles = [c for c in claimed if c["evaluate_test"] or c["refit"]]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for c in claimed:
+    for c in claimed:  # the API packs by these already; grouping again keeps a pack trainable
         if not (c["evaluate_test"] or c["refit"]):
-            groups.setdefault(json.dumps([c["dataset"], c["split"]], sort_keys=True), []).append(c)
+            shared = [c["params"].get(k) for k in ("batch_size", "epochs", "optimizer", "loss")]
+            groups.setdefault(json.dumps([c["dataset"], c["split"], shared], sort_keys=True), []).append(c)
     n = 0
     for cs in groups.values():
         if w.stopping.is_set():
