@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -28,6 +29,15 @@ from worker.packing import pack_bytes_per_trial, plan_blocks
 from worker.train import TensorSplit, TrialResult, to_tensors, train_trial
 
 RTOL64 = 1e-9
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and OpenMP threads crawl on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def cfg_(**kw: object) -> TrialConfig:

@@ -19,8 +19,8 @@ Exactness (what makes a packed trial the same function as ``train_trial``):
 * Dropout: each trial's masks come from its own generator, drawn at its true width
   and only in its true layers, in forward order (``BlockDropout``).
 * Optimizer: the elementwise ops of torch.optim's ``foreach=False`` path in the
-  same order; ``add(alpha=a)`` becomes ``addcmul(.., a_k)`` and ``addcdiv(value=-s)``
-  becomes ``(m * -s_k) / denom`` then ``add``, which round the same on CPU.
+  same order, with per-trial scalars as tensors in forms that round the same
+  (worker/fused_opt.py): the update itself is bitwise torch.optim's.
 * Only the matmul summation order (bmm vs mm) and loss reductions may differ:
   float64 agrees to ~1e-12, float32 to round-off.
 
@@ -116,8 +116,9 @@ def train_pack(
       shutting down stops within one step, not one epoch).
 
     A trial's ``duration_seconds`` is its share of the pack's wall time (each epoch's
-    time split evenly among the trials that trained in it). ``mode`` chooses blocks:
-    ``group`` (exact architecture), ``pad`` (widths/depths padded) or ``auto``.
+    time split evenly among the trials that trained in it). ``mode`` chooses blocks
+    (``plan_blocks``): ``auto``, ``group`` (exact architecture), ``pad`` (widths padded
+    within a depth) or ``pad_all`` (widths and depths padded).
     ``allow_tf32`` lets CUDA matmuls use TF32 (faster, but ~1e-3 relative: float32
     results then no longer agree with the reference path to round-off).
     """
@@ -220,8 +221,8 @@ def _train_pack(
             if should_stop is not None and should_stop():
                 raise PackStopped
             xb, yb = Xp[start : start + batch], yp[start : start + batch]
-            out = [b.forward(xb, train=True) for b in blocks]
-            losses = pack_losses(torch.cat(out) if len(out) > 1 else out[0], yb, loss_name)
+            outs = [b.forward(xb, train=True) for b in blocks]
+            losses = pack_losses(torch.cat(outs) if len(outs) > 1 else outs[0], yb, loss_name)
             # Trials share no parameter: the gradient of the sum is each trial's own gradient.
             opt.step(torch.autograd.grad(losses.sum(), opt.params))
             losses = losses.detach()

@@ -7,8 +7,10 @@ weight decay as ``[K, 1, 1]`` tensors (one row per trial of a block):
 * ``grad.add(param, alpha=wd)`` -> ``addcmul(grad, param, wd_k)`` (the CPU kernels
   round both with one fused multiply-add);
 * ``param.add_(grad, alpha=-lr)`` -> ``addcmul_(param, grad, -lr_k)``;
-* ``param.addcdiv_(m, denom, value=-step)`` -> ``param + (m * -step_k) / denom`` (the
-  kernel's own order); ``step_k = lr_k / bias_correction1`` in float64, as Python does;
+* ``param.addcdiv_(m, denom, value=-step)`` -> ``addcdiv_(param, m * -step_k, denom)``: the
+  kernel computes ``param + (-step * m) / denom`` either way; ``step_k = lr_k /
+  bias_correction1`` in float64, as Python does;
+* ``(sqrt(v) / bc2_sqrt).add_(eps)`` -> ``addcdiv(eps, sqrt(v), bc2_sqrt)``, same rounding;
 * AdamW's ``param.mul_(1 - lr * wd)`` -> ``mul_`` by the per-trial factor (float64 math).
 
 ``torch._foreach_*`` runs each op over every tensor of the pack in one call.

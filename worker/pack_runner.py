@@ -44,9 +44,10 @@ def run_pack(w: Worker, claimed: list[dict[str, Any]]) -> int:
 
     singles = [c for c in claimed if c["evaluate_test"] or c["refit"]]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for c in claimed:
+    for c in claimed:  # the API packs by these already; grouping again keeps a pack trainable
         if not (c["evaluate_test"] or c["refit"]):
-            key = [c["dataset"], c["split"], c.get("dataset_id"), c.get("data_hash")]
+            shared = [c["params"].get(k) for k in ("batch_size", "epochs", "optimizer", "loss")]
+            key = [c["dataset"], c["split"], c.get("dataset_id"), c.get("data_hash"), shared]
             groups.setdefault(json.dumps(key, sort_keys=True), []).append(c)
     n = 0
     for cs in groups.values():
