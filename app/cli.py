@@ -16,10 +16,10 @@ from app import cli_ci
 from app import cli_output as out
 from app.config import Settings, get_settings
 from app.local import (
-    LOCAL_TORCH_THREADS,
     ThreadServer,
     free_port,
     gridsweep_cmd,
+    local_threads,
     spawn,
     stop_all,
     wait_healthy,
@@ -177,7 +177,7 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     callback=lambda _ctx, _param, value: pack_size_option(value),
     help="Trials claimed and trained at once (fused); 1 trains one by one; auto: 64 on CPU, 512 on CUDA.",
 )
-@click.option("--threads", default=None, type=int, help="torch CPU threads.")
+@click.option("--threads", default=None, type=int, help="CPU threads: parts of a fused CPU pack, or torch threads for one trial at a time.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
 def worker(
     server: str,
@@ -248,7 +248,7 @@ def up(
     procs = [server]
     try:
         wait_healthy(url, timeout=60, proc=server)
-        threads = str(LOCAL_TORCH_THREADS)
+        threads = str(local_threads(workers))
         for _ in range(workers):
             procs.append(
                 spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads))
@@ -326,7 +326,7 @@ def run(
         def sweep_done() -> bool:
             return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
 
-        threads = LOCAL_TORCH_THREADS
+        threads = local_threads(workers)
         helpers = [
             spawn(
                 gridsweep_cmd(

@@ -17,10 +17,18 @@ import uvicorn
 from app.api import create_app
 from app.config import Settings
 
-# torch threads per local worker (`run`, `up`): a grid's MLPs are small, so intra-op threads
-# mostly spin; one per process and more processes (--workers) is faster. Measured on 2 cores:
-# `gridsweep run examples/moons.yaml` took 160 s with 2 threads, 27 s with 1, same results.
-LOCAL_TORCH_THREADS = 1
+
+def local_threads(workers: int) -> int:
+    """CPU threads for each of ``workers`` local workers (`run`, `up`): the usable cores shared
+    out, at least one. A fused CPU pack trains in that many parts (one torch thread each); the
+    one-by-one path uses them as torch intra-op threads. More threads than cores only spin: on
+    2 cores `gridsweep run examples/moons.yaml --pack-size 1` took 160 s with 2 threads per
+    worker beside the in-process API's, 27 s with 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may run on (cgroups, taskset)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
