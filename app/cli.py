@@ -177,7 +177,12 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     callback=lambda _ctx, _param, value: pack_size_option(value),
     help="Trials claimed and trained at once (fused); 1 trains one by one; auto: 64 on CPU, 512 on CUDA.",
 )
-@click.option("--threads", default=None, type=int, help="CPU threads: parts of a fused CPU pack, or torch threads for one trial at a time.")
+@click.option(
+    "--threads",
+    default=None,
+    type=int,
+    help="CPU threads: parts of a fused CPU pack, or torch threads for one trial at a time.",
+)
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
 def worker(
     server: str,

@@ -22,7 +22,7 @@ import worker.train as train
 from worker.config import ACTIVATIONS, OPTIMIZERS, TrialConfig
 from worker.datasets import load_builtin, make_dataset, split_dataset
 from worker.fused import train_pack
-from worker.fused_model import Block, pack_losses
+from worker.fused_model import Block, activation_fn, pack_losses
 from worker.fused_opt import StackedOptimizer
 from worker.fused_packs import train_packs
 from worker.packing import pack_bytes_per_trial, plan_blocks
@@ -149,17 +149,15 @@ def test_float64_padded_widths_and_depths_match_reference(monkeypatch: pytest.Mo
             assert rel(got.train_loss, want.train_loss) <= RTOL64
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_padded_units_stay_exactly_zero(optimizer: str) -> None:
+def test_padded_units_stay_exactly_zero(optimizer: str, activation: str) -> None:
     data = easy("reg")
     cfgs = [
-        cfg_(
-            layers=1, hidden_units=(4,), activation="sigmoid", optimizer=optimizer, weight_decay=0.1, seed=1
-        ),
-        cfg_(
-            layers=3, hidden_units=(8, 2, 6), activation="sigmoid", optimizer=optimizer, dropout=0.5, seed=2
-        ),
+        cfg_(layers=1, hidden_units=(4,), weight_decay=0.1, seed=1),
+        cfg_(layers=3, hidden_units=(8, 2, 6), dropout=0.5, seed=2),
     ]
+    cfgs = [dataclasses.replace(c, activation=activation, optimizer=optimizer) for c in cfgs]
     block = Block(cfgs, [0, 1], 3, 1, torch.float64, torch.device("cpu"))
     opt = StackedOptimizer(optimizer, [block])
     padding = [(p == 0).clone() for p in block.params]  # every zero entry at init is padding
@@ -173,6 +171,20 @@ def test_padded_units_stay_exactly_zero(optimizer: str) -> None:
         assert (p.detach()[~pad] != 0).all()  # the real weights did train
     # Trial 0 is one layer deep: its layers 2 and 3 are padding, whole.
     assert (block.params[2][0] == 0).all() and (block.params[4][0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_tanh_is_torch_tanh_to_round_off(dtype: torch.dtype) -> None:
+    """The fused CPU tanh (2 sigmoid(2x) - 1, in place) and its gradient against torch.tanh."""
+    x = torch.cat([torch.linspace(-20, 20, 4001, dtype=dtype), torch.tensor([0.0, -0.0], dtype=dtype)])
+    want = torch.tanh(x)
+    got = activation_fn("tanh", torch.device("cpu"))(x.clone())
+    eps = torch.finfo(dtype).eps
+    assert (got - want).abs().max() <= 2 * eps  # absolute: within ~1 ulp of 1.0
+    assert got[-2:].eq(0).all() and got.abs().max() <= 1  # tanh(0) = 0 exactly: padding stays zero
+    leaf = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(activation_fn("tanh", torch.device("cpu"))(leaf * 1).sum(), leaf)
+    assert torch.allclose(g, 1 - want**2, rtol=0, atol=4 * eps)
 
 
 def test_optimizer_step_is_bitwise_torch_optim_in_float32() -> None:

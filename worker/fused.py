@@ -21,7 +21,8 @@ Exactness (what makes a packed trial the same function as ``train_trial``):
 * Optimizer: the elementwise ops of torch.optim's ``foreach=False`` path in the
   same order, with per-trial scalars as tensors in forms that round the same
   (worker/fused_opt.py): the update itself is bitwise torch.optim's.
-* Only the matmul summation order (bmm vs mm) and loss reductions may differ:
+* Only the matmul summation order (bmm vs mm), loss reductions and, on a CPU, tanh
+  (computed as ``2 sigmoid(2x) - 1``, ~3x faster there; ``SigmoidTanh``) may differ:
   float64 agrees to ~1e-12, float32 to round-off.
 
 Padding (trials of different widths/depths in one block): hidden widths are

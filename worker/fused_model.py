@@ -34,6 +34,35 @@ ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 EVAL_CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}
 
 
+class SigmoidTanh(torch.autograd.Function):
+    """``tanh`` as ``2 * sigmoid(2x) - 1`` in place, for CPUs: torch's CPU ``tanh`` kernel is
+    ~3.5x slower than its ``sigmoid`` here (AVX2, 3.2 vs 0.9 ns/element), and a tanh block
+    spent more time in ``tanh`` than in its matmuls. The result is within ~1 ulp of 1.0 of
+    ``torch.tanh`` (absolute: a unit near 0 loses relative precision, which is below the
+    matmul's own round-off in the next layer); the backward is torch's own ``tanh_backward``
+    on the saved output, as for ``torch.tanh``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.mul_(2).sigmoid_().mul_(2).sub_(1)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def activation_fn(name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place activation of a block on ``device``."""
+    if name == "tanh" and device.type == "cpu":
+        return SigmoidTanh.apply
+    return ACTIVATION_FNS[name]
+
+
 class SingleOutput(torch.autograd.Function):
     """``h @ w + b`` for a one-unit output layer (regression, bce): ``h [K,n,H]``, ``w [K,H,1]``.
 
@@ -110,7 +139,7 @@ class Block:
         self.ids = list(ids)
         self.cfgs = list(cfgs)
         self.act_name = cfgs[0].activation
-        self.act = ACTIVATION_FNS[self.act_name]
+        self.act = activation_fn(self.act_name, device)
         widths = padded_widths(cfgs)
         depth = len(widths)
         self.depth, self.widths = depth, widths
