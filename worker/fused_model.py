@@ -155,11 +155,12 @@ class Block:
                 w, b = init_linear_params(g, fan_in, fan_out)
                 Ws[slot][k, :fan_in, :fan_out] = w
                 bs[slot][k, 0, :fan_out] = b
-        self.params = [
-            t.to(device=device, dtype=dtype).requires_grad_()
-            for pair in zip(Ws, bs, strict=True)
-            for t in pair
-        ]
+        # One [K, P] buffer per block, a trial per row; the parameters are views of it, so the
+        # optimizer runs a handful of ops over the buffer instead of a handful per parameter.
+        init = [t.reshape(K, -1) for pair in zip(Ws, bs, strict=True) for t in pair]
+        self.shapes = [t.shape[1:] for pair in zip(Ws, bs, strict=True) for t in pair]
+        self.flat = torch.cat(init, dim=1).to(device=device, dtype=dtype)
+        self._view_params()
         self.depth_mask: list[torch.Tensor | None] = []  # per hidden layer: [K,1,1] True = the trial's layer
         self.unit_mask: list[torch.Tensor | None] = []  # per hidden layer: [K,1,w] for sigmoid when padded
         for layer in range(depth):
@@ -180,11 +181,21 @@ class Block:
     def K(self) -> int:
         return len(self.ids)
 
+    def _view_params(self) -> None:
+        """``params``: per layer ``W [K, in, out]`` and ``b [K, 1, out]``, views of ``flat``
+        (row stride P: batched matmuls take it as is) that autograd treats as leaves."""
+        self.params = []
+        start = 0
+        for shape in self.shapes:
+            n = shape.numel()
+            self.params.append(self.flat[:, start : start + n].view(self.K, *shape).requires_grad_())
+            start += n
+
     def keep(self, kept: list[int]) -> None:
         """Drop every trial not in ``kept`` (positions in this block)."""
-        idx = torch.tensor(kept, dtype=torch.long, device=self.params[0].device)
+        idx = torch.tensor(kept, dtype=torch.long, device=self.flat.device)
         with torch.no_grad():
-            self.params = [p.index_select(0, idx).requires_grad_() for p in self.params]
+            self.flat = self.flat.index_select(0, idx)
             self.opt_state = {k: [t.index_select(0, idx) for t in v] for k, v in self.opt_state.items()}
         self.depth_mask = [None if m is None else m[kept] for m in self.depth_mask]
         self.unit_mask = [None if m is None else m[kept] for m in self.unit_mask]
@@ -192,6 +203,7 @@ class Block:
             self.dropout.keep(kept)
         self.ids = [self.ids[i] for i in kept]
         self.cfgs = [self.cfgs[i] for i in kept]
+        self._view_params()
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """``x [n, d]`` (shared by every trial) -> outputs ``[K, n, n_outputs]``."""
@@ -213,7 +225,7 @@ class Block:
     def model(self, j: int, n_features: int, n_outputs: int) -> torch.nn.Module:
         """Trial ``j`` of the block as the reference ``nn.Sequential`` (its true, unpadded weights)."""
         c = self.cfgs[j]
-        p0 = self.params[0]
+        p0 = self.flat
         model = build_model(c, n_features, n_outputs, dtype=p0.dtype, device=p0.device)
         linears = [m for m in model if isinstance(m, torch.nn.Linear)]
         slots = [*range(c.layers), self.depth]

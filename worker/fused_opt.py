@@ -13,7 +13,9 @@ weight decay as ``[K, 1, 1]`` tensors (one row per trial of a block):
 * ``(sqrt(v) / bc2_sqrt).add_(eps)`` -> ``addcdiv(eps, sqrt(v), bc2_sqrt)``, same rounding;
 * AdamW's ``param.mul_(1 - lr * wd)`` -> ``mul_`` by the per-trial factor (float64 math).
 
-``torch._foreach_*`` runs each op over every tensor of the pack in one call.
+Each block keeps its parameters in one ``[K, P]`` buffer (``Block.flat``, a trial per row),
+so the per-trial scalars are ``[K, 1]`` columns and ``torch._foreach_*`` runs each op over
+one tensor per block: a handful of kernels per step for the whole pack.
 """
 
 from __future__ import annotations
@@ -46,13 +48,12 @@ class StackedOptimizer:
         self.bind(blocks)
 
     def _init_block(self, b: Block) -> None:
-        p0 = b.params[0]
-        dev, dtype = p0.device, p0.dtype
+        dev, dtype = b.flat.device, b.flat.dtype
         lr = torch.tensor([c.learning_rate for c in b.cfgs], dtype=torch.float64, device=dev)
         wd = torch.tensor([c.weight_decay for c in b.cfgs], dtype=torch.float64, device=dev)
 
         def col(t: torch.Tensor) -> list[torch.Tensor]:
-            return [t.to(dtype).view(-1, 1, 1)]
+            return [t.to(dtype).view(-1, 1)]
 
         st = b.opt_state
         st["lr"] = [lr]
@@ -62,53 +63,59 @@ class StackedOptimizer:
         elif self.kind == "adamw":
             st["decay"] = col(1 - lr * wd)  # Python's ``1 - lr * weight_decay``, per trial
         if self.kind in ("adam", "adamw"):
-            st["exp_avg"] = [torch.zeros_like(p) for p in b.params]
-            st["exp_avg_sq"] = [torch.zeros_like(p) for p in b.params]
+            st["exp_avg"] = [torch.zeros_like(b.flat)]
+            st["exp_avg_sq"] = [torch.zeros_like(b.flat)]
 
     def bind(self, blocks: list[Block]) -> None:
         """Flat lists over the pack's blocks (after construction and after trials left)."""
         self.blocks = blocks
-        self.params = [p for b in blocks for p in b.params]
+        self.params = [p for b in blocks for p in b.params]  # what autograd differentiates
+        self.flats = [b.flat for b in blocks]  # what the step updates (the params are views)
         keys = {k for b in blocks for k in b.opt_state}
-        self.state = {k: [t for b in blocks for t in b.opt_state[k]] for k in keys & _PER_PARAM}
-        # A block-level [K,1,1] tensor repeated for each of the block's parameters.
-        self.hyper = {k: [b.opt_state[k][0] for b in blocks for _ in b.params] for k in keys & _PER_TRIAL}
+        self.state = {k: [b.opt_state[k][0] for b in blocks] for k in keys & _PER_BLOCK}
+        self.hyper = {k: [b.opt_state[k][0] for b in blocks] for k in keys & _PER_TRIAL}
         self.lr = torch.cat([b.opt_state["lr"][0] for b in blocks]) if blocks else None
-        self.rows = [(b.K, len(b.params)) for b in blocks]
-        if self.params:
-            p0 = self.params[0]
+        if blocks:
+            p0 = self.flats[0]
             self.eps = torch.full((), EPS, dtype=p0.dtype, device=p0.device)
+
+    def _flat_grads(self, grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
+        """The per-parameter gradients as one ``[K, P]`` tensor per block (the flats' layout)."""
+        out, it = [], iter(grads)
+        for b in self.blocks:
+            out.append(torch.cat([next(it).reshape(b.K, -1) for _ in b.params], dim=1))
+        return out
 
     @torch.no_grad()
     def step(self, grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> None:
+        """One step from ``grads``, the gradients of ``self.params`` in order."""
         self.steps += 1
-        params = self.params
-        grads = list(grads)
+        params = self.flats
+        flat = self._flat_grads(grads)
         if self.kind in ("sgd", "momentum"):
             if self.weight_decay:
-                grads = torch._foreach_addcmul(grads, params, self.hyper["wd"])
+                flat = torch._foreach_addcmul(flat, params, self.hyper["wd"])
             if self.kind == "momentum":
                 if self.steps == 1:
-                    it = iter(grads)
-                    for b in self.blocks:
-                        b.opt_state["buf"] = [next(it).clone() for _ in b.params]
-                    self.state["buf"] = [t for b in self.blocks for t in b.opt_state["buf"]]
+                    for b, g in zip(self.blocks, flat, strict=True):
+                        b.opt_state["buf"] = [g.clone()]
+                    self.state["buf"] = [b.opt_state["buf"][0] for b in self.blocks]
                 else:
                     torch._foreach_mul_(self.state["buf"], MOMENTUM)
-                    torch._foreach_add_(self.state["buf"], grads)  # dampening 0: add(grad, alpha=1)
-                grads = self.state["buf"]
-            torch._foreach_addcmul_(params, grads, self.hyper["neg_lr"])
+                    torch._foreach_add_(self.state["buf"], flat)  # dampening 0: add(grad, alpha=1)
+                flat = self.state["buf"]
+            torch._foreach_addcmul_(params, flat, self.hyper["neg_lr"])
             return
 
         if self.weight_decay:
             if self.kind == "adamw":
                 torch._foreach_mul_(params, self.hyper["decay"])
             else:
-                grads = torch._foreach_addcmul(grads, params, self.hyper["wd"])
+                flat = torch._foreach_addcmul(flat, params, self.hyper["wd"])
         exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-        torch._foreach_lerp_(exp_avg, grads, 1 - BETA1)
+        torch._foreach_lerp_(exp_avg, flat, 1 - BETA1)
         torch._foreach_mul_(exp_avg_sq, BETA2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - BETA2)
+        torch._foreach_addcmul_(exp_avg_sq, flat, flat, 1 - BETA2)
         step = float(self.steps)
         bias_correction1 = 1 - BETA1**step
         bias_correction2_sqrt = (1 - BETA2**step) ** 0.5
@@ -118,15 +125,12 @@ class StackedOptimizer:
         denom = torch._foreach_addcdiv([self.eps] * n, torch._foreach_sqrt(exp_avg_sq), [bc2] * n)
         # step_k = lr_k / bias_correction1 in float64 (as Python computes it), then the dtype.
         neg_step = (self.lr / bias_correction1).neg_().to(params[0].dtype)
-        per_param: list[torch.Tensor] = []
-        start = 0
-        for k, n_params in self.rows:
-            per_param += [neg_step[start : start + k].view(-1, 1, 1)] * n_params
-            start += k
+        per_block = list(neg_step.split([b.K for b in self.blocks]))
+        per_block = [t.view(-1, 1) for t in per_block]
         # param.addcdiv_(m, denom, value=-step): the kernel computes param + (-step * m) / denom.
-        torch._foreach_addcdiv_(params, torch._foreach_mul(exp_avg, per_param), denom)
+        torch._foreach_addcdiv_(params, torch._foreach_mul(exp_avg, per_block), denom)
 
 
-# Optimizer entries with one value per trial ([K,1,1]), and those with one tensor per parameter.
+# Optimizer entries with one value per trial ([K,1]), and those shaped like a block's buffer.
 _PER_TRIAL = {"wd", "neg_lr", "decay"}
-_PER_PARAM = {"exp_avg", "exp_avg_sq", "buf"}
+_PER_BLOCK = {"exp_avg", "exp_avg_sq", "buf"}
