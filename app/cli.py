@@ -353,7 +353,11 @@ def run(
                 srv.url,
                 device=device,
                 pack_size=pack_size,
-                threads=threads,
+                # A fused CPU pack trains in `threads` parts; one trial at a time (final trials,
+                # --pack-size 1) gets one torch thread: OpenMP threads beside the in-process API
+                # spin on a small machine (see local_threads).
+                threads=1,
+                pack_threads=threads,
                 exit_when=sweep_done,
                 cache_dir=settings.data_cache_dir,
                 allow_tf32=settings.allow_tf32,

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import httpx
 import uvicorn
 
-from app.api import create_app
 from app.config import Settings
 
 
@@ -56,6 +55,8 @@ class ThreadServer:
     """uvicorn in a daemon thread (``gridsweep run``): same HTTP path, no extra process."""
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
+        from app.api import create_app  # here: client-only commands need not import the API
+
         self.host, self.port = host, port or free_port(host)
         config = uvicorn.Config(
             create_app(settings), host=self.host, port=self.port, log_level="warning", access_log=False

@@ -99,6 +99,7 @@ class Worker:
         pack_size: int | str | None = 1,
         poll_seconds: float = 1.0,
         threads: int | None = None,
+        pack_threads: int | None = None,
         exit_when: Callable[[], bool] | None = None,
         cache_dir: str | None = None,
         allow_tf32: bool = False,
@@ -123,8 +124,9 @@ class Worker:
         self.heartbeat_seconds = 10.0
         self.worker_id = ""
         if threads:
-            torch.set_num_threads(threads)
-        self.pack_threads = torch.get_num_threads()  # CPU packs: one part per thread
+            torch.set_num_threads(threads)  # the one-by-one path: torch intra-op threads
+        # CPU packs: one part per thread, each with one torch thread (default: as many as torch has).
+        self.pack_threads = pack_threads or torch.get_num_threads()
 
     # --- lifecycle -------------------------------------------------------------------
 
