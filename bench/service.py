@@ -1,14 +1,17 @@
 """Service overhead: the benchmark grid as a sweep through ``gridsweep run`` vs the engine alone.
 
-Prints its figures; it is not a test. In one process, one after another:
+Prints its figures; it is not a test. One after another, each as a child process of
+this one (so both pay interpreter start-up and imports, and neither warms the other):
 
   engine   worker.fused_packs.train_packs over the grid, in claim order, in packs of the
-           worker's default size (what a worker does, without store or HTTP), then the
-           best config retrained once on the reference path (the sweep's final trial);
+           worker's default size and a part per core (what a worker does, without store
+           or HTTP), then the best config retrained once on the reference path with its
+           test evaluation (the sweep's final trial); timed inside (after a warm-up
+           epoch, as a running worker has had) and as a whole command;
   service  ``gridsweep run`` on a fresh SQLite store (in-process API + one worker,
-           default pack size) as a child process: its wall time, and the sweep's own
-           span from ``created_at`` to ``finished_at`` (store, HTTP, reporting included;
-           interpreter start-up and imports excluded).
+           default pack size): the sweep's own span from ``created_at`` to
+           ``finished_at`` (store, HTTP, reporting, final trial and its model artifact
+           included) and the whole command (with start-up, imports and migrations).
 
     python bench/service.py [--quick]
 """
@@ -74,8 +77,20 @@ def engine(quick: bool) -> tuple[float, float, list[float]]:
     ]
     grid_s = time.perf_counter() - t
     best = cfgs[int(np.argmin(vals))]
+    torch.set_num_threads(1)  # as `gridsweep run` trains a single trial
     train_trial(best, data, evaluate_test=True)
     return grid_s, time.perf_counter() - t, vals
+
+
+def engine_command(quick: bool) -> tuple[float, dict]:
+    """``engine`` in a child process: (its wall time, what it measured inside)."""
+    cmd = [sys.executable, __file__, "--engine", *(["--quick"] if quick else [])]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        sys.exit(f"the engine run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return wall, json.loads(done.stdout)
 
 
 def service(quick: bool) -> tuple[float, float, dict]:
@@ -110,22 +125,26 @@ def service(quick: bool) -> tuple[float, float, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="48 configs (every 4th learning rate)")
+    ap.add_argument("--engine", action="store_true", help="(internal) run the engine part, print JSON")
     args = ap.parse_args()
+    if args.engine:
+        grid_s, engine_s, vals = engine(args.quick)
+        print(json.dumps({"grid_s": grid_s, "engine_s": engine_s, "vals": vals}))
+        return
     n = len(grid(args.quick))
     print(f"machine: {machine()}")
     print(f"grid: {n} configs (+1 final retrain of the best config), packs of {auto_pack_size('cpu')}")
-    grid_s, engine_s, vals = engine(args.quick)
+    engine_wall, inside = engine_command(args.quick)
+    grid_s, engine_s, vals = inside["grid_s"], inside["engine_s"], inside["vals"]
     print(
-        f"  engine: grid {grid_s:.1f} s ({n / grid_s:.2f} trials/s); with the final retrain {engine_s:.1f} s"
+        f"  engine: grid {grid_s:.1f} s ({n / grid_s:.2f} trials/s); "
+        f"with the final retrain {engine_s:.1f} s; whole command {engine_wall:.1f} s"
     )
     wall, span, result = service(args.quick)
-    print(
-        f"  gridsweep run: sweep span {span:.1f} s; "
-        f"whole command {wall:.1f} s (with start-up, imports, migrations)"
-    )
-    print(f"  sweep span / engine (grid + final) = {span / engine_s:.2f}   (target <= 1.2)")
-    print(f"  sweep span / engine (grid only)    = {span / grid_s:.2f}")
-    print(f"  whole command / engine (grid + final) = {wall / engine_s:.2f}")
+    print(f"  gridsweep run: sweep span {span:.1f} s; whole command {wall:.1f} s")
+    print(f"  sweep span / engine (grid + final)   = {span / engine_s:.2f}   (target <= 1.2)")
+    print(f"  sweep span / engine (grid only)      = {span / grid_s:.2f}")
+    print(f"  whole command / engine whole command = {wall / engine_wall:.2f}")
     best = result["best"]
     print(
         f"  best config (service): config {best['config_index']} {json.dumps(best['params'], sort_keys=True)}"
