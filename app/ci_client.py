@@ -25,7 +25,6 @@ from app.reports import EXIT_MISSED, EXIT_UNREACHABLE, EXIT_USAGE, Gate
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
 from worker.client import ApiClient, ApiError
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "canceled")
 FINISHED = ("succeeded", "failed", "diverged")  # trials worth a progress line (canceled ones are not)
 IDEMPOTENCY_HEADER = "Idempotency-Key"

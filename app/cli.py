@@ -14,6 +14,7 @@ import uvicorn
 
 from app import cli_ci
 from app import cli_output as out
+from app.cli_options import db_option, server_option
 from app.config import Settings, get_settings
 from app.local import (
     ThreadServer,
@@ -28,19 +29,7 @@ from app.logs import configure_logging
 from worker.client import ApiClient, ApiError
 from worker.packing import parse_pack_size
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "canceled")
-
-server_option = click.option(
-    "--server", envvar="GRIDSWEEP_SERVER", default=DEFAULT_SERVER, show_default=True, help="API URL."
-)
-db_option = click.option(
-    "--db",
-    "db",
-    envvar="GRIDSWEEP_DATABASE_URL",
-    default=None,
-    help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).",
-)
 
 
 def pack_size_option(value: str | int | None) -> int | None:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from app import ci_client as ci
 from app import cli_output as out
 from app import reports
+from app.cli_options import server_option
 from app.config import Settings
 from app.reports import EXIT_CODES_HELP, EXIT_USAGE, Gate
 
@@ -34,9 +35,7 @@ def log_options(verbose: bool) -> dict[str, Any]:
 
 @click.command(epilog=EXIT_CODES_HELP)
 @click.argument("spec_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--server", envvar="GRIDSWEEP_SERVER", default=ci.DEFAULT_SERVER, show_default=True, help="API URL."
-)
+@server_option
 @click.option(
     "--wait",
     is_flag=True,

@@ -11,13 +11,8 @@ from typing import Any
 import click
 
 from app import cli_output as out
+from app.cli_options import server_option
 from worker.client import ApiClient, ApiError
-
-DEFAULT_SERVER = "http://127.0.0.1:8000"
-
-server_option = click.option(
-    "--server", envvar="GRIDSWEEP_SERVER", default=DEFAULT_SERVER, show_default=True, help="API URL."
-)
 
 
 class BadInput(click.ClickException):

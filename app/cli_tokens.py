@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import click
 
+from app.cli_options import db_option
 from app.config import get_settings
 from app.db import Database
 from app.models import TokenScope
 from app.services import tokens as token_service
-
-db_option = click.option(
-    "--db",
-    "db",
-    envvar="GRIDSWEEP_DATABASE_URL",
-    default=None,
-    help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).",
-)
 
 
 def _database(db: str | None) -> Database:

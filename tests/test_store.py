@@ -191,6 +191,30 @@ def test_finished_search_queues_the_best_config_once_per_seed_then_succeeds(
     assert sweep.test_metrics == {"test_loss": 0.375, "test_error": 0.375, "test_accuracy": 0.625}
 
 
+@pytest.mark.parametrize("n_failed", [1, 2])
+def test_failed_test_evaluations_are_told_and_all_failing_fails_the_sweep(
+    database: Database, settings: Settings, n_failed: int
+) -> None:
+    """One seed's test evaluation failing leaves the other's score; all failing fails the sweep."""
+    sid = new_sweep(database, settings, seeds=[0, 1])
+    wid = new_worker(database)
+    for t in claim_(database, wid, n=2):
+        complete_(database, outcome(t, val_loss=0.5))
+    finals = sorted(claim_(database, wid, n=2), key=lambda t: t.seed)
+    assert [t.role for t in finals] == ["final", "final"]
+    for t in finals[:n_failed]:
+        complete_(database, {**outcome(t, "failed"), "error": "RuntimeError: boom"})
+    for t in finals[n_failed:]:
+        complete_(database, outcome(t, val_loss=0.5, test_loss=0.3, test_accuracy=0.9, test_error=0.1))
+    sweep = get_sweep(database, sid)
+    assert sweep.finished_at is not None and sweep.best_trial_id is not None
+    assert "test evaluation failed: seed 0: RuntimeError: boom" in sweep.error
+    if n_failed == 1:
+        assert sweep.status == "succeeded" and sweep.test_metrics["test_loss"] == 0.3
+    else:
+        assert sweep.status == "failed" and sweep.test_metrics is None
+
+
 def test_final_evaluations_jump_the_queue(database: Database, settings: Settings) -> None:
     first = new_sweep(database, settings)
     second = new_sweep(database, settings, parameters={"learning_rate": [0.1, 0.2]})

@@ -258,7 +258,7 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
                 )
         session.flush()
         return
-    errors = []
+    errors, missing = [], False
     for role, attr in ((TrialRole.final, "test_metrics"), (TrialRole.refit, "refit_test_metrics")):
         of_role = [t for t in finals if t.role == role]
         ok = [t for t in of_role if t.status == TrialStatus.succeeded]
@@ -272,10 +272,14 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
                     if all(getattr(t, col) is not None for t in ok)
                 },
             )
-        elif of_role:
+        bad = [t for t in of_role if t.status != TrialStatus.succeeded]
+        if bad:  # scores are the mean over the seeds that succeeded; say which did not
             label = "test evaluation" if role == TrialRole.final else "refit"
-            errors.append(f"{label} failed: " + "; ".join(f"seed {t.seed}: {t.error}" for t in of_role))
+            errors.append(f"{label} failed: " + "; ".join(f"seed {t.seed}: {t.error}" for t in bad))
+        missing = missing or bool(of_role and not ok)
     if errors:
         sweep.error = "; ".join(errors)
-    sweep.status = SweepStatus.succeeded
+    # The sweep promised a held-out test score of its best config (and a refit when asked): with
+    # none, it failed (a CI gate must not pass), though its best config by validation stands.
+    sweep.status = SweepStatus.failed if missing else SweepStatus.succeeded
     sweep.finished_at = now
