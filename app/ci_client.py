@@ -197,8 +197,9 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
     note = None
     try:
         if info is not None:
-            facts = DataFacts(task=info.task, n_classes=info.n_classes)
-            n = validate_spec(spec, facts, settings.max_trials, settings.max_epochs)
+            facts = DataFacts(task=info.task, n_classes=info.n_classes, n_features=info.n_features)
+            limits = (settings.max_trials, settings.max_epochs, settings.max_parameters)
+            n = validate_spec(spec, facts, *limits)
             first = (r for r in expand(spec, facts) if r.seed == spec.seeds[0])
             configs = [
                 {"config_index": r.config_index, "params": r.params} for r in itertools.islice(first, show)

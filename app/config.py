@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the store.")
     max_trials: int = Field(10_000, description="Largest grid (trials) one sweep may expand to.")
     max_epochs: int = Field(10_000, description="Largest `epochs` a spec may ask for.")
+    max_parameters: int = Field(
+        100_000_000, description="Largest model (weights and biases of one trial) a spec may ask for."
+    )
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often workers are told to heartbeat.")
     lease_seconds: float = Field(
         0.0, ge=0, description="A claim's lease; 0: 3 missed heartbeats (30 s by default)."

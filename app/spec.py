@@ -161,6 +161,7 @@ class DataFacts:
 
     task: str
     n_classes: int
+    n_features: int = 0  # 0: not known here (the size limit then counts from the first hidden layer)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,34 @@ def count_trials(spec: SweepSpec) -> int:
     return arch * rest * len(spec.seeds)
 
 
-def validate_spec(spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int) -> int:
+def model_parameters(n_features: int, widths: list[int], n_outputs: int) -> int:
+    """Weights and biases of an MLP ``n_features -> widths... -> n_outputs``."""
+    dims = [n_features, *widths, n_outputs]
+    return sum(i * o + o for i, o in itertools.pairwise(dims))
+
+
+def _too_large(spec: SweepSpec, facts: DataFacts, max_parameters: int) -> Iterator[dict[str, Any]]:
+    """An error per ``hidden_units`` entry that makes a model over ``max_parameters``."""
+    p = spec.parameters
+    n_out = facts.n_classes if facts.task == "classification" and facts.n_classes > 2 else 1
+    for i, w in enumerate(p.hidden_units):
+        for layers in sorted(p.layers, reverse=True):  # the deepest first: the largest model
+            if not _depth_ok(layers, w):
+                continue
+            widths = w if isinstance(w, list) else [w] * layers
+            n = model_parameters(facts.n_features, widths, n_out)
+            if n > max_parameters:
+                yield {
+                    "loc": ("parameters", "hidden_units", i),
+                    "msg": f"layers={layers}, hidden_units={w} makes a model of {n:,} parameters, "
+                    f"over the limit of {max_parameters:,}",
+                }
+            break
+
+
+def validate_spec(
+    spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int, max_parameters: int
+) -> int:
     """Check what depends on the dataset and the limits; return the trial count."""
     errors: list[dict[str, Any]] = []
     p = spec.parameters
@@ -220,6 +248,7 @@ def validate_spec(spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs
             errors.append(
                 {"loc": ("parameters", "epochs", i), "msg": f"{e} epochs is over the limit of {max_epochs}"}
             )
+    errors.extend(_too_large(spec, facts, max_parameters))
     n = count_trials(spec)
     if n > max_trials:
         errors.append(

@@ -14,9 +14,9 @@ from app.services.sweeps import dataset_facts
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-MOONS = DataFacts("classification", 2)
-DIGITS = DataFacts("classification", 10)
-REGRESSION = DataFacts("regression", 0)
+MOONS = DataFacts("classification", 2, n_features=2)
+DIGITS = DataFacts("classification", 10, n_features=64)
+REGRESSION = DataFacts("regression", 0, n_features=10)
 
 
 def spec(**kw: Any) -> SweepSpec:
@@ -30,10 +30,16 @@ def rejected(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return [(format_loc(e["loc"]), e["msg"]) for e in info.value.errors()]
 
 
-def spec_errors(s: SweepSpec, facts: DataFacts, max_trials: int = 10_000, max_epochs: int = 10_000) -> dict:
+def spec_errors(
+    s: SweepSpec,
+    facts: DataFacts,
+    max_trials: int = 10_000,
+    max_epochs: int = 10_000,
+    max_parameters: int = 10**8,
+) -> dict:
     """The {field path: message} a parsed spec is rejected with once its dataset is known."""
     with pytest.raises(SpecError) as info:
-        validate_spec(s, facts, max_trials, max_epochs)
+        validate_spec(s, facts, max_trials, max_epochs, max_parameters)
     return {format_loc(e["loc"]): e["msg"] for e in info.value.errors}
 
 
@@ -122,7 +128,23 @@ def test_grid_over_the_limit_says_how_many_trials_it_makes() -> None:
     errs = spec_errors(s, MOONS, max_trials=23)
     assert "makes 24 trials" in errs["parameters"] and "12 configs x 2 seeds" in errs["parameters"]
     assert "limit of 23" in errs["parameters"]
-    assert validate_spec(s, MOONS, max_trials=24, max_epochs=100) == 24
+    assert validate_spec(s, MOONS, max_trials=24, max_epochs=100, max_parameters=10**8) == 24
+
+
+def test_a_model_over_the_size_limit_is_rejected_at_its_widths() -> None:
+    """64 layers of 65,536 units passed before: ~275 billion parameters, which no worker trains."""
+    s = spec(parameters={"layers": [1, 64], "hidden_units": [16, 65_536]})
+    errs = spec_errors(s, MOONS)
+    assert set(errs) == {"parameters.hidden_units[1]"}
+    assert (
+        "layers=64, hidden_units=65536 makes a model of 270,587,330,561 parameters"
+        in errs["parameters.hidden_units[1]"]
+    )
+    assert "over the limit of 100,000,000" in errs["parameters.hidden_units[1]"]
+    # The count is exact (inputs and outputs included): 2 -> 16 -> 16 -> 1 is 48 + 272 + 17 = 337.
+    ok = spec(parameters={"layers": 2, "hidden_units": 16})
+    assert validate_spec(ok, MOONS, 10_000, 10_000, max_parameters=337) == 1
+    assert "337 parameters" in spec_errors(ok, MOONS, max_parameters=336)["parameters.hidden_units[0]"]
 
 
 def test_default_limit_is_ten_thousand_trials() -> None:
@@ -199,7 +221,7 @@ def test_per_layer_widths_are_accepted_and_fix_their_depth() -> None:
     archs = [(r.params["layers"], r.params["hidden_units"]) for r in rows]
     assert archs == [(1, 64), (2, 64), (2, [128, 64]), (3, 64), (3, [32, 16, 8])]
     assert count_trials(s) == 5
-    assert validate_spec(s, MOONS, 100, 100) == 5
+    assert validate_spec(s, MOONS, 100, 100, 10**8) == 5
 
 
 def test_a_per_layer_list_matching_no_depth_is_rejected() -> None:
@@ -245,7 +267,7 @@ def test_counts_of_the_examples() -> None:
     for name, n in expected.items():
         s = SweepSpec.model_validate(yaml.safe_load((ROOT / "examples" / name).read_text()))
         facts = dataset_facts(None, s.dataset)  # type: ignore[arg-type]
-        assert validate_spec(s, facts, 10_000, 10_000) == n, name
+        assert validate_spec(s, facts, 10_000, 10_000, 10**8) == n, name
         assert len(list(expand(s, facts))) == n, name
 
 

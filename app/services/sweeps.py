@@ -35,7 +35,7 @@ def dataset_facts(session: Session, name: str) -> DataFacts:
     """Task and classes of the dataset a spec names, or a SpecError at ``dataset``."""
     info = BUILTIN_DATASETS.get(name)
     if info is not None:
-        return DataFacts(task=info.task, n_classes=info.n_classes)
+        return DataFacts(task=info.task, n_classes=info.n_classes, n_features=info.n_features)
     uploaded = find_dataset(session, name)
     if uploaded is None:
         raise SpecError(
@@ -47,13 +47,13 @@ def dataset_facts(session: Session, name: str) -> DataFacts:
                 }
             ]
         )
-    return DataFacts(task=uploaded.task, n_classes=len(uploaded.classes))
+    return DataFacts(task=uploaded.task, n_classes=len(uploaded.classes), n_features=uploaded.n_features)
 
 
 def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep:
     """Validate ``spec`` against its dataset and the limits, then store it and its trials."""
     facts = dataset_facts(session, spec.dataset)
-    n = validate_spec(spec, facts, settings.max_trials, settings.max_epochs)
+    n = validate_spec(spec, facts, settings.max_trials, settings.max_epochs, settings.max_parameters)
     uploaded = None if spec.dataset in BUILTIN_DATASETS else find_dataset(session, spec.dataset)
     if uploaded is not None:
         check_split(session, uploaded, spec.split)
