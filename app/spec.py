@@ -95,6 +95,18 @@ class Parameters(BaseModel):
     weight_decay: Axis(Annotated[float, Field(ge=0, allow_inf_nan=False)]) = [0.0]
     loss: Axis(Literal["auto", "mse", "mae", "huber", "bce", "cross_entropy"]) = ["auto"]
 
+    @field_validator("*")
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        # A repeated value would train the same configs twice; the error's path is the axis.
+        seen: set[str] = set()
+        for v in values:
+            key = json.dumps(v)
+            if key in seen:
+                raise ValueError(f"values must be distinct, got {values} ({v} twice)")
+            seen.add(key)
+        return values
+
 
 class MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -230,11 +242,22 @@ def validate_spec(
                 f"{spec.dataset!r} is a regression dataset (use val_loss)",
             }
         )
+    resolved: dict[str, int] = {}
     for i, loss in enumerate(p.loss):
         try:
-            resolve_loss(loss, facts.task, facts.n_classes)
+            concrete = resolve_loss(loss, facts.task, facts.n_classes)
         except ValueError as exc:
             errors.append({"loc": ("parameters", "loss", i), "msg": str(exc)})
+            continue
+        if concrete in resolved:  # `auto` and the loss it stands for: the same configs twice
+            errors.append(
+                {
+                    "loc": ("parameters", "loss", i),
+                    "msg": f"{loss!r} is {concrete!r} on {spec.dataset!r}, "
+                    f"the same as parameters.loss[{resolved[concrete]}]",
+                }
+            )
+        resolved.setdefault(concrete, i)
     for i, w in enumerate(p.hidden_units):
         if isinstance(w, list) and len(w) not in p.layers:
             errors.append(

@@ -121,9 +121,20 @@ class Server:
         env = cli_env(**{f"GRIDSWEEP_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = open(log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--db", db_url, "--port", str(self.port),
-             "--no-upgrade"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--db",
+                db_url,
+                "--port",
+                str(self.port),
+                "--no-upgrade",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_healthy(self.url, timeout=60, proc=self.proc)
         self.http = httpx.Client(base_url=self.url, timeout=30)

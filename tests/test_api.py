@@ -60,6 +60,9 @@ BAD_SPECS: list[tuple[Any, list[Any], str]] = [
     (grid(layers=1, hidden_units={"values": [[4, 4]]}), [*P, "hidden_units", 0], "2 widths"),
     (grid(epochs=10_001), [*P, "epochs", 0], "over the limit of 10000"),
     (grid(layers=64, hidden_units=65_536), [*P, "hidden_units", 0], "parameters, over the limit"),
+    (grid(learning_rate=[0.1, 0.01, 0.1]), [*P, "learning_rate"], "distinct"),
+    (grid(hidden_units={"values": [[4, 4], 8, [4, 4]]}), [*P, "hidden_units"], "[4, 4] twice"),
+    (spec(parameters={"loss": ["auto", "bce"]}), [*P, "loss", 1], "the same as parameters.loss[0]"),
     (grid(**BIG), P, "the grid makes 10100 trials"),
 ]
 

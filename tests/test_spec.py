@@ -147,6 +147,20 @@ def test_a_model_over_the_size_limit_is_rejected_at_its_widths() -> None:
     assert "337 parameters" in spec_errors(ok, MOONS, max_parameters=336)["parameters.hidden_units[0]"]
 
 
+def test_repeated_grid_values_are_rejected_at_their_axis() -> None:
+    """A value twice would train the same configs twice (seeds already must be distinct)."""
+    assert rejected({"parameters": {"learning_rate": [0.1, 0.01, 0.1]}}) == [
+        ("parameters.learning_rate", "Value error, values must be distinct, got [0.1, 0.01, 0.1] (0.1 twice)")
+    ]
+    # `auto` is bce on two classes: [auto, bce] is one loss twice; on three classes it is two.
+    s = spec(parameters={"loss": ["auto", "bce", "cross_entropy"]})
+    errs = spec_errors(s, MOONS)
+    assert errs == {"parameters.loss[1]": "'bce' is 'bce' on 'moons', the same as parameters.loss[0]"}
+    three = spec(dataset="digits", parameters={"loss": ["auto", "cross_entropy"]})
+    assert "parameters.loss[1]" in spec_errors(three, DIGITS)
+    assert validate_spec(spec(parameters={"loss": ["auto", "cross_entropy"]}), MOONS, 100, 100, 10**8) == 2
+
+
 def test_default_limit_is_ten_thousand_trials() -> None:
     from app.config import Settings
 

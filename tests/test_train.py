@@ -29,8 +29,19 @@ from worker.train import (
 
 
 def cfg_(**kw: object) -> TrialConfig:
-    base = dict(layers=1, hidden_units=(16,), activation="relu", learning_rate=0.01, optimizer="adam",
-                batch_size=16, epochs=5, dropout=0.0, weight_decay=0.0, loss="mse", seed=0)
+    base = dict(
+        layers=1,
+        hidden_units=(16,),
+        activation="relu",
+        learning_rate=0.01,
+        optimizer="adam",
+        batch_size=16,
+        epochs=5,
+        dropout=0.0,
+        weight_decay=0.0,
+        loss="mse",
+        seed=0,
+    )
     base.update(kw)
     if "hidden_units" not in kw:
         base["hidden_units"] = (16,) * int(base["layers"])  # type: ignore[call-overload]
@@ -136,8 +147,9 @@ def test_init_follows_the_documented_draws_in_any_dtype() -> None:
 
 
 def test_model_layout() -> None:
-    model = build_model(cfg_(layers=3, activation="leaky_relu", dropout=0.25), 4, 1,
-                        dtype=torch.float32, device="cpu")
+    model = build_model(
+        cfg_(layers=3, activation="leaky_relu", dropout=0.25), 4, 1, dtype=torch.float32, device="cpu"
+    )
     kinds = [type(m).__name__ for m in model]
     assert kinds == ["Linear", "LeakyReLU", "Dropout"] * 3 + ["Linear"]
     assert model[1].negative_slope == 0.01 and model[2].p == 0.25
@@ -204,8 +216,9 @@ def test_dropout_uses_the_trial_generator() -> None:
     # Evaluation runs without dropout: repeated evaluation is stable.
     assert a.model is not None
     d = easy("bin")
-    assert evaluate(a.model, d.X_val, d.y_val, "bce", d.task) == evaluate(a.model, d.X_val, d.y_val, "bce",
-                                                                           d.task)
+    assert evaluate(a.model, d.X_val, d.y_val, "bce", d.task) == evaluate(
+        a.model, d.X_val, d.y_val, "bce", d.task
+    )
 
 
 # ----------------------------------------------------------------------------- learning
@@ -213,8 +226,12 @@ def test_dropout_uses_the_trial_generator() -> None:
 
 LOSSES_BY_DATA = (("mse", "reg"), ("mae", "reg"), ("huber", "reg"), ("bce", "bin"), ("cross_entropy", "mc"))
 # Plain SGD needs a larger step than Adam; L1's constant-size gradient wants a smaller one.
-LR = {("sgd", "regression"): 0.1, ("sgd", "classification"): 0.3,
-      ("momentum", "regression"): 0.03, ("momentum", "classification"): 0.05}
+LR = {
+    ("sgd", "regression"): 0.1,
+    ("sgd", "classification"): 0.3,
+    ("momentum", "regression"): 0.03,
+    ("momentum", "classification"): 0.05,
+}
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -222,8 +239,13 @@ LR = {("sgd", "regression"): 0.1, ("sgd", "classification"): 0.3,
 def test_every_activation_optimizer_loss_learns(activation: str, optimizer: str) -> None:
     for loss, kind in LOSSES_BY_DATA:
         d = easy(kind)
-        cfg = cfg_(activation=activation, optimizer=optimizer, loss=loss, epochs=15,
-                   learning_rate=LR.get((optimizer, d.task), 0.01))
+        cfg = cfg_(
+            activation=activation,
+            optimizer=optimizer,
+            loss=loss,
+            epochs=15,
+            learning_rate=LR.get((optimizer, d.task), 0.01),
+        )
         r = train_trial(cfg, d)
         assert r.status == "succeeded", (loss, r.error)
         assert len(r.epochs) == 15 and [m.epoch for m in r.epochs] == list(range(1, 16))
@@ -248,16 +270,25 @@ def test_weight_decay_is_applied() -> None:
 
 
 def test_moons_reaches_95_percent() -> None:
-    cfg = cfg_(layers=2, hidden_units=(64, 64), activation="relu", optimizer="adam", learning_rate=0.01,
-               batch_size=64, epochs=50, loss="bce")
+    cfg = cfg_(
+        layers=2,
+        hidden_units=(64, 64),
+        activation="relu",
+        optimizer="adam",
+        learning_rate=0.01,
+        batch_size=64,
+        epochs=50,
+        loss="bce",
+    )
     r = train_trial(cfg, moons())
     assert r.status == "succeeded" and r.metrics["val_accuracy"] >= 0.95
 
 
 def test_lecture_example_trains_on_moons() -> None:
     # One hidden layer of 50 ReLUs, sigmoid output + BCE, plain SGD with lr 1.0.
-    cfg = cfg_(layers=1, hidden_units=(50,), optimizer="sgd", learning_rate=1.0, batch_size=32, epochs=20,
-               loss="bce")
+    cfg = cfg_(
+        layers=1, hidden_units=(50,), optimizer="sgd", learning_rate=1.0, batch_size=32, epochs=20, loss="bce"
+    )
     r = train_trial(cfg, moons())
     assert r.status == "succeeded" and r.metrics["val_accuracy"] > 0.85
 
@@ -335,10 +366,16 @@ def test_accuracy_and_bce_threshold() -> None:
     logits = torch.tensor([[2.0], [-1.0], [0.0], [-3.0]])  # logit 0 predicts class 0
     res = evaluate(Const(logits), X, y, "bce", "classification")  # expand keeps the [4, 1] rows
     assert res["accuracy"] == 0.5 and res["error"] == 0.5
-    assert res["loss"] == pytest.approx(float(nn.functional.binary_cross_entropy_with_logits(
-        logits, y.reshape(-1, 1).float())))
-    ce = evaluate(Const(torch.tensor([[0.0, 1.0, 0.5]]).repeat(4, 1)), X, torch.tensor([1, 1, 2, 0]),
-                  "cross_entropy", "classification")
+    assert res["loss"] == pytest.approx(
+        float(nn.functional.binary_cross_entropy_with_logits(logits, y.reshape(-1, 1).float()))
+    )
+    ce = evaluate(
+        Const(torch.tensor([[0.0, 1.0, 0.5]]).repeat(4, 1)),
+        X,
+        torch.tensor([1, 1, 2, 0]),
+        "cross_entropy",
+        "classification",
+    )
     assert ce["accuracy"] == 0.5
 
 
