@@ -307,7 +307,7 @@ def test_out_of_memory_splits_the_pack_and_retries(monkeypatch: pytest.MonkeyPat
     for a, b in zip(split, whole, strict=True):
         assert rel(a.metrics["val_loss"], b.metrics["val_loss"]) <= RTOL64
 
-    # A trial that does not fit even alone fails; the others are trained.
+    # A trial that does not fit even alone leaves (the worker gives it back); the others are trained.
     def tiny_device(part: list[TrialConfig], *args: object, **kw: object) -> list:
         if any(c.learning_rate == cfgs[1].learning_rate for c in part):
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
@@ -315,7 +315,7 @@ def test_out_of_memory_splits_the_pack_and_retries(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(fused_packs, "train_pack", tiny_device)
     out = train_packs(cfgs, data)
-    assert [r.status for r in out] == ["succeeded", "failed", "succeeded", "succeeded", "succeeded"]
+    assert [r.status for r in out] == ["succeeded", "out_of_memory", "succeeded", "succeeded", "succeeded"]
     assert out[1].error is not None and out[1].error.startswith("out of memory")
     # A memory budget of two trials gives sub-packs of two, trained one after the other.
     sizes.clear()

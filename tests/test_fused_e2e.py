@@ -123,3 +123,57 @@ def test_cancel_and_stop_reach_a_training_pack(
     assert worker.wait(timeout=30) == 0
     page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
     assert [(t["status"], t["attempt"]) for t in page["items"]] == [("queued", 0)] * 12
+
+
+OOM_SPEC: dict[str, Any] = {
+    "name": "oom",
+    "dataset": "friedman1",
+    "parameters": {"hidden_units": [8, 16], "learning_rate": [0.01, 0.02], "epochs": 2, "batch_size": 128},
+}
+
+
+@pytest.mark.slow
+def test_a_trial_too_big_for_the_device_is_handed_back_then_fails_with_its_reason(
+    db_url: str, start_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory even alone in a pack: the trial goes back to be retried (as one by one),
+    and fails after its attempts with the reason; the rest of the pack and the sweep go on.
+    A real server; the worker runs in this process so that the device can be made small."""
+    import torch
+
+    import worker.fused_packs as fused_packs
+    from worker.loop import Worker
+
+    server = start_server(db_url, max_attempts="2")
+    created = server.http.post("/api/v1/sweeps", json=OOM_SPEC)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    real, seen = fused_packs.train_pack, []
+
+    def small_device(cfgs: list, *args: Any, **kw: Any) -> list:
+        seen.append(len(cfgs))
+        if any(c.hidden_units == (16,) and c.learning_rate == 0.02 for c in cfgs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(cfgs, *args, **kw)
+
+    monkeypatch.setattr(fused_packs, "train_pack", small_device)
+    before = torch.get_num_threads()
+    try:
+        w = Worker(server.url, device="cpu", pack_size=4, threads=1, exit_when=lambda: True, poll_seconds=0.1)
+        w.run()
+    finally:
+        torch.set_num_threads(before)
+    trials = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 50}).json()["items"]
+    big = [t for t in trials if t["params"]["hidden_units"] == 16 and t["params"]["learning_rate"] == 0.02]
+    (big_trial,) = big
+    assert big_trial["status"] == "failed" and big_trial["attempt"] == 2
+    assert big_trial["error"] == "out of memory on attempt 2 of 2: out of memory: CUDA out of memory. " + (
+        "Tried to allocate 9.00 GiB"
+    )
+    others = [t for t in trials if t is not big_trial and t["role"] == "search"]
+    assert [t["status"] for t in others] == ["succeeded"] * 3
+    # The pack of 4, its halves, the lone trial; then the trial alone once more (attempt 2).
+    assert seen[:4] == [4, 2, 2, 1] and seen[-1] == 1
+    sweep = server.http.get(f"/api/v1/sweeps/{sid}").json()
+    assert sweep["status"] == "succeeded" and sweep["best"]["test"]
+    assert w.held.as_refs() == []  # nothing left held (no heartbeat for a trial given back)

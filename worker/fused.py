@@ -127,7 +127,15 @@ def train_pack(
         return []
     with _tf32(data.device, allow_tf32):
         return _train_pack(
-            cfgs, data, on_epoch, on_finish, evaluate_test, train_on_validation, mode, keep_models, on_step,
+            cfgs,
+            data,
+            on_epoch,
+            on_finish,
+            evaluate_test,
+            train_on_validation,
+            mode,
+            keep_models,
+            on_step,
             should_stop,
         )
 

@@ -44,7 +44,8 @@ def train_packs(
     * Sub-packs fit the device's memory (``budget`` bytes; default half of what is free).
       When one still runs out of memory, its trials that have not finished are split in
       two and trained again from scratch (their epochs are reported again: the API keeps
-      the first report of each epoch); a single trial that does not fit ends ``failed``.
+      the first report of each epoch); a single trial that does not fit ends ``out_of_memory``
+      (the worker hands it back to be retried, as the one-by-one path does).
     """
     if not cfgs:
         return []
@@ -136,9 +137,9 @@ def _in_memory(
                 raise
             if data.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if len(rest) == 1:  # one trial alone does not fit: it fails, the others go on
+            if len(rest) == 1:  # one trial alone does not fit: it leaves, the others go on
                 _, finish_rest = _remap(rest, on_epoch, on_finish, results)
-                finish_rest({0: TrialResult(status="failed", error=f"out of memory: {exc}"[:2000])})
+                finish_rest({0: TrialResult(status="out_of_memory", error=f"out of memory: {exc}"[:2000])})
                 continue
             half = len(rest) // 2
             queue[:0] = [rest[:half], rest[half:]]

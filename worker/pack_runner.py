@@ -81,6 +81,10 @@ class Reporter:
     def epochs(self, reports: list[dict[str, Any]]) -> None:
         self._put("epochs", reports)
 
+    def release_oom(self, refs: list[dict[str, Any]], error: str) -> None:
+        """Hand trials that do not fit this device back to be retried (the attempt counts)."""
+        self._put("release_oom", [{**r, "error": error} for r in refs])
+
     def complete(self, outcomes: list[dict[str, Any]]) -> None:
         for o in outcomes:
             o.setdefault("device", self.w.device_name)
@@ -109,6 +113,12 @@ class Reporter:
             try:
                 if kind == "epochs":
                     w.held.apply(w.client.report_epochs(w.worker_id, payload))
+                    continue
+                if kind == "release_oom":
+                    for r in payload:  # one call each: every trial keeps its own error
+                        ref = {"trial_id": r["trial_id"], "lease_token": r["lease_token"]}
+                        w.client.release(w.worker_id, [ref], reason="out_of_memory", error=r["error"])
+                        w._forget(r["trial_id"])
                     continue
                 started = time.monotonic()
                 states = w.client.complete(w.worker_id, payload)
@@ -175,6 +185,10 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> 
                 log.warning("trial %s: lease lost, dropping it", trials[i]["trial_id"])
                 w._forget(trials[i]["trial_id"])
                 continue
+            if r.status == "out_of_memory":
+                log.warning("trial %s: out of memory on %s, giving it back", trials[i]["trial_id"], w.device)
+                reporter.release_oom([_ref(trials[i])], r.error or "out of memory")
+                continue
             metrics = _finite({**r.metrics, **(r.test_metrics or {})})
             outcomes.append(
                 {
@@ -190,6 +204,7 @@ def _run_group(w: Worker, claimed: list[dict[str, Any]], reporter: Reporter) -> 
         reporter.complete(outcomes)
 
     started = time.monotonic()
+
     def should_stop() -> bool:  # asked every step: a SIGTERM stops the pack at once
         return w.stopping.is_set()
 

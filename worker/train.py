@@ -294,7 +294,9 @@ class EpochMetrics:
 
 @dataclass
 class TrialResult:
-    status: str  # "succeeded" | "diverged" | "canceled" | "stopped"
+    # "succeeded" | "diverged" | "canceled" | "stopped"; fused packs also "failed", "dropped" and
+    # "out_of_memory" (a trial that does not fit this device even alone: to be retried elsewhere)
+    status: str
     epochs: list[EpochMetrics] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] | None = None
