@@ -200,6 +200,9 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
             facts = DataFacts(task=info.task, n_classes=info.n_classes, n_features=info.n_features)
             limits = (settings.max_trials, settings.max_epochs, settings.max_parameters)
             n = validate_spec(spec, facts, *limits)
+            from app.services.datasets import check_builtin_split
+
+            check_builtin_split(spec.dataset, spec.split)
             first = (r for r in expand(spec, facts) if r.seed == spec.seeds[0])
             configs = [
                 {"config_index": r.config_index, "params": r.params} for r in itertools.islice(first, show)

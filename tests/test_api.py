@@ -42,6 +42,9 @@ BAD_SPECS: list[tuple[Any, list[Any], str]] = [
     (grid(hidden_units=[]), [*P, "hidden_units"], "at least 1 item"),
     (spec(seeds=[1, 1]), ["body", "seeds"], "distinct"),
     (spec(split={"validation": 0.6, "test": 0.4}), ["body", "split"], "leaves no training data"),
+    # moons has 1,000 rows: no training row, then one (so one class) are caught before any worker.
+    (spec(split={"validation": 0.5, "test": 0.4996}), ["body", "split"], "leaves train 0, validation 500"),
+    (spec(split={"validation": 0.5, "test": 0.499}), ["body", "split"], "only 1 class(es)"),
     (grid(learning_rate={"min": 0.1, "max": 1}), [*P, "learning_rate"], "no distributions"),
     ({"dataset": "moons"}, ["body", "name"], "required"),
     ([SPEC], ["body"], "dictionary"),

@@ -19,7 +19,7 @@ from app.db import db_now
 from app.models import Dataset, Sweep, SweepStatus, Trial, TrialStatus
 from app.spec import SpecError, SplitSpec
 from app.tabular import Encoding, TableError, min_rows_for_split, prepare_table
-from worker.datasets import BUILTIN_DATASETS, make_dataset, split_dataset
+from worker.datasets import BUILTIN_DATASETS, load_builtin, make_dataset, split_dataset
 from worker.payload import fingerprint, pack, unpack
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -160,28 +160,51 @@ def encoding_of(ds: Dataset) -> Encoding:
     return Encoding.from_dict(ds.schema["encoding"])
 
 
-def check_split(session: Session, ds: Dataset, split: SplitSpec) -> None:
-    """The split must leave rows (and, for classification, 2 classes in training): SpecError at ``split``."""
-    n_train, n_val, n_test = min_rows_for_split(ds.n_rows, split.validation, split.test)
+# Built-in classification sets are balanced: with more training rows than this, the split
+# cannot miss a class (it would take ~1e-15 luck), so only smaller splits are generated to check.
+BUILTIN_TRAIN_ROWS_CHECKED = 50
+
+
+def _check_split_rows(name: str, n_rows: int, split: SplitSpec) -> int:
+    """The split must leave every part a row: SpecError at ``split``; the training rows."""
+    n_train, n_val, n_test = min_rows_for_split(n_rows, split.validation, split.test)
     if min(n_train, n_val, n_test) < 1:
         raise SpecError(
             [
                 {
                     "loc": ("split",),
-                    "msg": f"dataset {ds.name!r} has {ds.n_rows} rows: validation={split.validation}, "
+                    "msg": f"dataset {name!r} has {n_rows} rows: validation={split.validation}, "
                     f"test={split.test} leaves train {n_train}, validation {n_val}, test {n_test} rows; "
                     "every part needs at least 1",
                 }
             ]
         )
+    return n_train
+
+
+def _check_split_classes(name: str, data: Any, split: SplitSpec) -> None:
+    try:
+        split_dataset(data, split.validation, split.test, split.seed)
+    except ValueError as exc:
+        raise SpecError([{"loc": ("split",), "msg": f"dataset {name!r}: {exc}"}]) from exc
+
+
+def check_split(session: Session, ds: Dataset, split: SplitSpec) -> None:
+    """The split must leave rows (and, for classification, 2 classes in training): SpecError at ``split``."""
+    _check_split_rows(ds.name, ds.n_rows, split)
     if ds.task == "classification":
         loaded = dataset_bytes(session, ds.id)
         assert loaded is not None
         data, _ = unpack(loaded[1])
-        try:
-            split_dataset(data, split.validation, split.test, split.seed)
-        except ValueError as exc:
-            raise SpecError([{"loc": ("split",), "msg": f"dataset {ds.name!r}: {exc}"}]) from exc
+        _check_split_classes(ds.name, data, split)
+
+
+def check_builtin_split(name: str, split: SplitSpec) -> None:
+    """``check_split`` for a built-in dataset (generated only when a class could be missing)."""
+    info = BUILTIN_DATASETS[name]
+    n_train = _check_split_rows(name, info.n_rows, split)
+    if info.task == "classification" and n_train <= BUILTIN_TRAIN_ROWS_CHECKED:
+        _check_split_classes(name, load_builtin(name), split)
 
 
 def sweeps_using(session: Session, ds: Dataset) -> list[int]:

@@ -20,7 +20,7 @@ from app.models import (
     TrialRole,
     TrialStatus,
 )
-from app.services.datasets import check_split, find_dataset
+from app.services.datasets import check_builtin_split, check_split, find_dataset
 from app.spec import DataFacts, SpecError, SweepSpec, expand, validate_spec
 from worker.datasets import BUILTIN_DATASETS
 
@@ -57,6 +57,8 @@ def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep
     uploaded = None if spec.dataset in BUILTIN_DATASETS else find_dataset(session, spec.dataset)
     if uploaded is not None:
         check_split(session, uploaded, spec.split)
+    else:
+        check_builtin_split(spec.dataset, spec.split)
     sweep = Sweep(
         name=spec.name,
         dataset=uploaded.name if uploaded is not None else spec.dataset,
