@@ -126,15 +126,17 @@ def test_diverged_and_failed_trials_do_not_stop_workers_or_sweeps(
     base = {"dataset": "moons", "parameters": {"epochs": 2, "learning_rate": [0.1, 1e6], "optimizer": "sgd"}}
     diverging = submit(http, {**base, "name": "diverging"})  # plain SGD at 1e6 blows up in epoch 1
     skewed = submit(http, {**base, "name": "skewed", "parameters": {"epochs": 2, "hidden_units": [4, 8, 16]}})
-    # One stored trial this worker cannot build (as if queued by a newer API with a new activation):
-    # training raises, the trial fails with the message, the rest of the sweep goes on.
+    # Stored trials this worker cannot build (as if queued by a newer API with a new activation):
+    # training raises, the trial fails with the message, the rest of the sweep goes on. In
+    # "hopeless" every trial is such a trial, so nothing succeeds.
+    hopeless = submit(http, {**base, "name": "hopeless"})
     db = Database(db_url)
     with db.session() as s:
-        t = s.get(Trial, trials(http, skewed)[1]["id"])
-        t.params = {**t.params, "activation": "swish"}
+        for t in [s.get(Trial, trials(http, skewed)[1]["id"])] + [
+            s.get(Trial, x["id"]) for x in trials(http, hopeless)
+        ]:
+            t.params = {**t.params, "activation": "swish"}
     db.dispose()
-    # Every trial of this one fails: a 1-row training split has one class.
-    hopeless = submit(http, {**base, "name": "hopeless", "split": {"validation": 0.499, "test": 0.5}})
     procs = start_workers(1, server, start_worker, tmp_path)
 
     s = wait_ended(http, diverging, tmp_path)
@@ -156,7 +158,7 @@ def test_diverged_and_failed_trials_do_not_stop_workers_or_sweeps(
     s = wait_ended(http, hopeless, tmp_path)
     assert (s["status"], s["error"], s["best"]) == ("failed", "no trial succeeded", None)
     assert {t["status"] for t in trials(http, hopeless)} == {"failed"}
-    assert all("training split has only 1 class" in t["error"] for t in trials(http, hopeless))
+    assert all("unknown activation 'swish'" in t["error"] for t in trials(http, hopeless))
     assert http.get(f"/api/v1/sweeps/{hopeless}/best").status_code == 404
 
     assert all(p.poll() is None for p in procs)  # neither kind of failure stopped a worker
