@@ -2,7 +2,7 @@
 
 Reproduces ``torch.optim`` SGD (with and without momentum), Adam and AdamW on the
 ``foreach=False`` path, elementwise op for op, with per-trial learning rate and
-weight decay as ``[K, 1, 1]`` tensors (one row per trial of a block):
+weight decay as ``[K, 1]`` columns (one row per trial of a block):
 
 * ``grad.add(param, alpha=wd)`` -> ``addcmul(grad, param, wd_k)`` (the CPU kernels
   round both with one fused multiply-add);
