@@ -14,6 +14,7 @@ import uvicorn
 
 from app import cli_ci
 from app import cli_output as out
+from app.ci_client import make_client
 from app.cli_options import db_option, server_option
 from app.config import Settings, get_settings
 from app.local import (
@@ -47,10 +48,6 @@ class Unreachable(click.ClickException):
 def settings_for(db: str | None) -> Settings:
     s = get_settings()
     return s.model_copy(update={"database_url": db}) if db else s
-
-
-def api(server: str) -> ApiClient:
-    return ApiClient(server, token=os.environ.get("GRIDSWEEP_TOKEN"), retry_for=3.0)
 
 
 def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
@@ -312,7 +309,7 @@ def run(
     settings = settings_for(db).model_copy(update={"auth": "off"})
     upgrade(settings.database_url)
     with ThreadServer(settings, port=free_port()) as srv:
-        client = api(srv.url)
+        client = make_client(srv.url)
         created = call_create(client, spec.model_dump(mode="json"), srv.url)
         sid = created["id"]
         click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
@@ -373,7 +370,7 @@ def run(
 @click.option("--json", "as_json", is_flag=True)
 def status(sweep_id: int, server: str, as_json: bool) -> None:
     """Show a sweep's status and progress."""
-    sweep = call(api(server), "GET", f"/api/v1/sweeps/{sweep_id}")
+    sweep = call(make_client(server), "GET", f"/api/v1/sweeps/{sweep_id}")
     if as_json:
         out.echo_json(sweep)
     else:
@@ -387,7 +384,7 @@ def status(sweep_id: int, server: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def best(sweep_id: int, server: str, as_json: bool) -> None:
     """Show a sweep's best config."""
-    result = call(api(server), "GET", f"/api/v1/sweeps/{sweep_id}/best")
+    result = call(make_client(server), "GET", f"/api/v1/sweeps/{sweep_id}/best")
     if as_json:
         out.echo_json(result)
     else:

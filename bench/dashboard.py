@@ -33,7 +33,7 @@ from app.local import free_port, stop_all, wait_healthy
 from app.migrate import upgrade
 from app.services.sweeps import create_sweep
 from app.spec import SweepSpec
-from tests.dashboard_seed import register, run_trials, val_loss_of
+from tests.dashboard_seed import CHROMIUM, CHROMIUM_ARGS, register, run_trials, val_loss_of
 
 SPEC = {
     "name": "bench-10k",
@@ -48,7 +48,6 @@ SPEC = {
     },
     "seeds": [0, 1],
 }
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def seed(db_url: str) -> int:
@@ -99,17 +98,7 @@ def browser_times(url: str, runs: int = 3) -> list[dict[str, float]]:
 
     out = []
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = b.new_page(viewport={"width": 1440, "height": 900})
         for _ in range(runs):
             page.goto(url, wait_until="load")

@@ -1,4 +1,4 @@
-"""A seeded store for the dashboard tests and bench: sweeps run through the real services.
+"""A seeded store (and the browser) for the dashboard tests and bench: sweeps run through the real services.
 
 Trials are claimed, reported and completed with the worker protocol's service functions
 (the same code the HTTP routes call), with made-up but deterministic metrics, so that the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -19,6 +20,15 @@ from app.services import trials as trial_service
 from app.services.sweeps import create_sweep
 from app.spec import SweepSpec
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `playwright install` cannot download here
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 LEASE_SECONDS = 3600.0  # seeded running trials stay running for the whole test
 # An outcome: ("succeeded", final val_loss) | ("diverged", epoch) | ("failed", message) | None (keep running)
 Outcome = tuple[str, Any] | None

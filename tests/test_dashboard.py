@@ -23,11 +23,10 @@ from app.dashboard.format import num, param
 from app.migrate import upgrade
 from app.spec import SweepSpec
 from tests.conftest import ROOT, Server, require
-from tests.dashboard_seed import Seeded, seed_store
+from tests.dashboard_seed import CHROMIUM, CHROMIUM_ARGS, Seeded, seed_store
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHARTS = ("curves", "heatmap", "parallel", "history")
 TIMEOUT_MS = 15_000
@@ -48,17 +47,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b
         b.close()
 
