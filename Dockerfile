@@ -20,6 +20,7 @@ WORKDIR /app
 RUN pip install --index-url "${TORCH_INDEX}" "torch${TORCH_VERSION:+==${TORCH_VERSION}}"
 
 COPY pyproject.toml README.md ./
+COPY gridsweep ./gridsweep
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations

@@ -1,3 +1,5 @@
-"""gridsweep: hyperparameter grid search for PyTorch MLPs."""
+"""gridsweep's service side: the API, the SQL store, the dashboard and the command line (``app.cli``)."""
 
-__version__ = "0.1.0"
+from gridsweep import __version__
+
+__all__ = ["__version__"]

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from worker.config import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
+from gridsweep.vocab import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
 
 # Axis order is the expansion order; seeds vary fastest.
 AXES = (

@@ -203,7 +203,7 @@ def _num_stats(v: np.ndarray) -> dict[str, float]:
 
 
 def min_rows_for_split(n: int, validation: float, test: float) -> tuple[int, int, int]:
-    """(train, validation, test) row counts, rounded as ``worker.datasets.split_dataset`` does."""
+    """(train, validation, test) row counts, rounded as ``gridsweep.datasets.split_dataset`` does."""
     n_test, n_val = round(n * test), round(n * validation)
     return n - n_val - n_test, n_val, n_test
 

@@ -27,9 +27,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.cli.local import free_port, stop_all, wait_healthy
 from app.config import Settings
 from app.db import Database
-from app.local import free_port, stop_all, wait_healthy
 from app.migrate import upgrade
 from app.services.sweeps import create_sweep
 from app.spec import SweepSpec

@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.config import TrialConfig
-from worker.datasets import load_builtin, split_dataset
+from gridsweep.datasets import load_builtin, split_dataset
+from gridsweep.vocab import TrialConfig
 from worker.fused_packs import train_packs
 from worker.packing import auto_pack_size, matmul_flops
 from worker.train import TensorSplit, to_tensors, train_trial

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.cli.local import free_port, stop_all, wait_healthy
 from app.config import Settings
 from app.db import Database
-from app.local import free_port, stop_all, wait_healthy
 from app.migrate import upgrade
 
 PG_URL = os.environ.get("GRIDSWEEP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.api import create_app
 from app.config import Settings
-from worker.client import ApiClient
+from gridsweep.client import ApiClient
 from worker.uploaded import UploadedDatasets
 
 TEST = {"test_loss": 0.5, "test_error": 0.25, "test_accuracy": 0.75}

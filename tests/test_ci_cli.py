@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.cli_ci import submit
-from app.cli_output import fmt
-from app.local import free_port, stop_all
+from app.cli.ci import submit
+from app.cli.local import free_port, stop_all
+from app.cli.output import fmt
 from app.migrate import upgrade
 from tests.conftest import Server, cli_env
 
@@ -262,8 +262,8 @@ def test_repeated_submit_with_the_same_key_returns_the_same_sweep(live: Live, tm
 
 
 def test_ci_run_id_gives_the_idempotency_key(live: Live, tmp_path: Path) -> None:
-    from app.ci_client import ci_idempotency_key
-    from app.cli_output import load_spec
+    from app.cli.output import load_spec
+    from app.cli.waiting import ci_idempotency_key
 
     spec = write_spec(tmp_path / "spec.yaml", seeds="[3]")
     env = {

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
+from app.cli.local import free_port, wait_healthy
 from app.db import make_engine
-from app.local import free_port, wait_healthy
 from app.migrate import is_at_head, upgrade
 from tests.conftest import ROOT, Server, cli_env
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from app.cli import main
+from app.cli.main import main
 from tests.conftest import ROOT, cli_env
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 SPLIT = {"validation": 0.25, "test": 0.25, "seed": 3}
 
 # Run in a fresh interpreter: load a downloaded model and score the test split, which is the
-# first round(n * test) rows of default_rng(split seed).permutation(n) (worker.datasets.split_dataset).
+# first round(n * test) rows of default_rng(split seed).permutation(n) (gridsweep.datasets.split_dataset).
 FRESH = """
 import json, sys
 import numpy as np, pandas as pd, torch

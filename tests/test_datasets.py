@@ -1,11 +1,11 @@
-"""worker.datasets: the built-in table, loading, and the deterministic standardized split."""
+"""gridsweep.datasets: the built-in table, loading, and the deterministic standardized split."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from worker.datasets import BUILTIN_DATASETS, Dataset, load_builtin, make_dataset, split_dataset
+from gridsweep.datasets import BUILTIN_DATASETS, Dataset, load_builtin, make_dataset, split_dataset
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.api import create_app
 from app.config import Settings
-from worker.payload import fingerprint, unpack
+from gridsweep.payload import fingerprint, unpack
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from app.cli.local import ThreadServer
 from app.config import Settings
-from app.local import ThreadServer
 from app.migrate import upgrade
 from tests.conftest import require
 

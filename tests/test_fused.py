@@ -19,8 +19,8 @@ import torch
 
 import worker.fused_packs as fused_packs
 import worker.train as train
-from worker.config import ACTIVATIONS, OPTIMIZERS, TrialConfig
-from worker.datasets import load_builtin, make_dataset, split_dataset
+from gridsweep.datasets import load_builtin, make_dataset, split_dataset
+from gridsweep.vocab import ACTIVATIONS, OPTIMIZERS, TrialConfig
 from worker.fused import train_pack
 from worker.fused_model import Block, activation_fn, pack_losses
 from worker.fused_opt import StackedOptimizer
@@ -368,7 +368,7 @@ def test_plan_blocks_groups_pads_and_merges_tiny_groups() -> None:
 def test_pack_size_option() -> None:
     from click.testing import CliRunner
 
-    from app.cli import main
+    from app.cli.main import main
     from worker.packing import auto_pack_size, parse_pack_size
 
     assert parse_pack_size("auto") is None and parse_pack_size(None) is None

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from app.local import local_threads
+from app.cli.local import local_threads
 from worker.loop import Worker
 
 

@@ -1,4 +1,4 @@
-"""worker.model_io and worker.payload: a saved model predicts exactly what the worker evaluated;
+"""worker.model_io and gridsweep.payload: a saved model predicts exactly what the worker evaluated;
 an uploaded dataset survives the trip to the worker with its fingerprint."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from app.tabular import prepare_table
-from worker.config import TrialConfig
-from worker.datasets import make_dataset, split_dataset
+from gridsweep.datasets import make_dataset, split_dataset
+from gridsweep.payload import fingerprint, pack, unpack
+from gridsweep.vocab import TrialConfig
 from worker.handback import versions
 from worker.model_io import load_model, make_artifact, to_bytes, to_torchscript
-from worker.payload import fingerprint, pack, unpack
 from worker.train import evaluate, n_outputs_for, to_tensors, train_trial
 
 

@@ -19,12 +19,12 @@ import yaml
 from click.testing import CliRunner
 from ruamel.yaml import YAML
 
-from app.cli import main
-from app.cli_ci import config, schema, submit
+from app.cli.ci import config, schema, submit
+from app.cli.main import main
+from app.cli.reports import Gate
+from app.cli.settings_doc import env_name, readme_block
 from app.config import Settings
-from app.logs import redact
-from app.reports import Gate
-from app.settings_doc import env_name, readme_block
+from gridsweep.logs import redact
 from tests.conftest import ROOT
 
 SCHEMAS = ROOT / "tests" / "schemas"
@@ -148,7 +148,7 @@ def test_example_workflow_is_a_valid_github_workflow() -> None:
 
 def test_readme_settings_table_is_generated_from_settings() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert readme_block() in readme, "the README's table drifted: `python -m app.settings_doc README.md`"
+    assert readme_block() in readme, "the README's table drifted: `python -m app.cli.settings_doc README.md`"
     assert CliRunner().invoke(config, ["--markdown"]).stdout.strip() == readme_block()
 
 

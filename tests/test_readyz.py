@@ -22,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from app.local import free_port
+from app.cli.local import free_port
 from app.migrate import head_revision, upgrade
 from tests.conftest import Server, require
 

@@ -23,7 +23,7 @@ from starlette.routing import Mount
 
 from app.api import create_app
 from app.auth import PUBLIC_PATHS, SAFE_METHODS, Authorize, authenticate
-from app.cli import main
+from app.cli.main import main
 from app.config import Settings
 from app.db import Database
 from app.migrate import upgrade

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ruamel.yaml import YAML
 
-from app.local import free_port, stop_all
+from app.cli.local import free_port, stop_all
 from tests.conftest import PG_URL, ROOT, cli_env, new_pg_database, pg_available, require
 
 pytestmark = pytest.mark.slow

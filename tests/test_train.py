@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from worker.config import ACTIVATIONS, OPTIMIZERS, TrialConfig
-from worker.datasets import load_builtin, make_dataset, split_dataset
+from gridsweep.datasets import load_builtin, make_dataset, split_dataset
+from gridsweep.vocab import ACTIVATIONS, OPTIMIZERS, TrialConfig
 from worker.train import (
     DROPOUT_SEED_OFFSET,
     Dropout,

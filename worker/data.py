@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.datasets import Dataset, load_builtin, split_dataset
-from worker.payload import fingerprint
+from gridsweep.datasets import Dataset, load_builtin, split_dataset
+from gridsweep.payload import fingerprint
 from worker.train import TensorSplit, to_tensors
 
 # Fetches an uploaded dataset by (id, expected data hash): see worker.uploaded.

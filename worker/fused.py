@@ -1,6 +1,6 @@
 """Fused training: the trials of a pack trained at once, as stacked MLPs.
 
-Pure: torch + worker.config/train/packing; no database or HTTP.
+Pure: torch + gridsweep.vocab/train/packing; no database or HTTP.
 
 A *block* holds trials of one activation with their weights stacked per layer
 (``W [K, in, out]``, ``b [K, 1, out]``) and runs them with batched matmuls. A pack
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from worker.config import TrialConfig, resolve_loss
+from gridsweep.vocab import TrialConfig, resolve_loss
 from worker.fused_model import Block, evaluate_block, pack_losses
 from worker.fused_opt import StackedOptimizer
 from worker.packing import plan_blocks

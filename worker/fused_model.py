@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.config import TrialConfig
+from gridsweep.vocab import TrialConfig
 from worker.packing import padded_widths
 from worker.train import DROPOUT_SEED_OFFSET, build_model, init_linear_params
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from worker.config import MOMENTUM
+from gridsweep.vocab import MOMENTUM
 
 if TYPE_CHECKING:
     from worker.fused_model import Block

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from worker.config import TrialConfig, resolve_loss
+from gridsweep.vocab import TrialConfig, resolve_loss
 from worker.fused import OnEpoch, OnFinish, train_pack
 from worker.packing import memory_budget, split_for_memory, split_for_threads
 from worker.train import EpochMetrics, TensorSplit, TrialResult, n_outputs_for

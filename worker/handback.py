@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.client import ApiClient
-from worker.config import TrialConfig
+from gridsweep import __version__
+from gridsweep.claims import Claim
+from gridsweep.client import ApiClient
+from gridsweep.vocab import TrialConfig
 from worker.data import SplitInfo
 from worker.model_io import make_artifact, to_bytes, to_torchscript
 from worker.train import TensorSplit, TrialResult, n_outputs_for
@@ -17,8 +19,6 @@ from worker.train import TensorSplit, TrialResult, n_outputs_for
 
 def versions() -> dict[str, Any]:
     """The software a trial ran on (CPU results are exact only under the same versions and threads)."""
-    from app import __version__  # the package's version string only; the worker imports nothing else of app
-
     return {
         "gridsweep": __version__,
         "torch": str(torch.__version__),  # a TorchVersion: plain str for JSON and weights_only loads
@@ -29,7 +29,7 @@ def versions() -> dict[str, Any]:
 
 
 def model_files(
-    claimed: dict[str, Any], cfg: TrialConfig, data: TensorSplit, info: SplitInfo, result: TrialResult
+    claimed: Claim, cfg: TrialConfig, data: TensorSplit, info: SplitInfo, result: TrialResult
 ) -> dict[str, bytes]:
     """The trained model as a state_dict file and a TorchScript file (see worker.model_io)."""
     assert result.model is not None
@@ -46,14 +46,14 @@ def model_files(
         y_mean=info.y_mean,
         y_std=info.y_std,
         meta={
-            "kind": claimed["upload_model"],
-            "sweep_id": claimed["sweep_id"],
-            "trial_id": claimed["trial_id"],
-            "dataset": claimed["dataset"],
-            "dataset_id": claimed.get("dataset_id"),
+            "kind": claimed.upload_model,
+            "sweep_id": claimed.sweep_id,
+            "trial_id": claimed.trial_id,
+            "dataset": claimed.dataset,
+            "dataset_id": claimed.dataset_id,
             "data_hash": info.data_hash,
-            "split": claimed["split"],
-            "trained_on": "train+validation" if claimed["refit"] else "train",
+            "split": claimed.split,
+            "trained_on": "train+validation" if claimed.refit else "train",
             "test_metrics": result.test_metrics or {},
             "versions": versions(),
             **info.meta,
@@ -62,11 +62,11 @@ def model_files(
     return {"state_dict": to_bytes(artifact), "torchscript": to_torchscript(artifact)}
 
 
-def upload_model(client: ApiClient, worker_id: str, claimed: dict[str, Any], files: dict[str, bytes]) -> None:
+def upload_model(client: ApiClient, worker_id: str, claimed: Claim, files: dict[str, bytes]) -> None:
     """POST the model files, fenced by the trial's lease (an ApiError 409 means the lease is lost)."""
     client.request(
         "POST",
-        f"/api/v1/workers/{worker_id}/trials/{claimed['trial_id']}/model",
-        data={"lease_token": claimed["lease_token"], "kind": claimed["upload_model"]},
+        f"/api/v1/workers/{worker_id}/trials/{claimed.trial_id}/model",
+        data={"lease_token": claimed.lease_token, "kind": claimed.upload_model},
         files={name: (f"{name}.pt", blob, "application/octet-stream") for name, blob in files.items()},
     )

@@ -13,38 +13,29 @@ training ends it ``failed`` (not retried); a NaN loss ends it ``diverged``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from app import logs
-from worker.client import ApiClient, ApiError
-from worker.config import TrialConfig
+from gridsweep import logs
+from gridsweep.claims import Claim
+from gridsweep.client import ApiClient, ApiError
+from gridsweep.vocab import TrialConfig
 from worker.data import DataCache
-from worker.handback import model_files, upload_model, versions
-from worker.pack_runner import run_pack
+from worker.handback import model_files, upload_model
+from worker.leases import Abandon, Held, PackHandle, TrialLost, failed, finite, outcome, repro_record
+from worker.pack_runner import run_packs
 from worker.packing import auto_pack_size, parse_pack_size
 from worker.train import EpochMetrics, select_device, train_trial
 from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")
-
-
-class TrialLost(Exception):
-    """The lease is gone (expired and reclaimed): drop the trial, write nothing."""
-
-
-class Abandon(Exception):
-    """The worker is stopping: give the trial back to the queue."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -53,33 +44,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-@dataclass
-class Held:
-    """Trials in hand, shared with the heartbeat thread."""
-
-    leases: dict[int, str] = field(default_factory=dict)
-    lost: set[int] = field(default_factory=set)
-    cancel: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def as_refs(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [{"trial_id": t, "lease_token": tok} for t, tok in self.leases.items()]
-
-    def apply(self, states: dict[int, str]) -> None:
-        with self.lock:
-            for tid, st in states.items():
-                if st == "lost":
-                    self.lost.add(tid)
-                elif st == "cancel":
-                    self.cancel.add(tid)
-
-
-def _finite(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """JSON has no NaN: a non-finite metric is sent as missing."""
-    return {k: (float(v) if v is not None and math.isfinite(v) else None) for k, v in metrics.items()}
 
 
 def describe_device(device: torch.device) -> str:
@@ -154,7 +118,8 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 try:
-                    claimed = self.client.claim(self.worker_id, self.pack_size)["trials"]
+                    answer = self.client.claim(self.worker_id, self.pack_size)
+                    claimed = [Claim.from_json(t) for t in answer["trials"]]
                 except ApiError as exc:
                     if exc.status_code != 503 or self.stopping.is_set():
                         raise
@@ -208,24 +173,37 @@ class Worker:
 
     # --- one claim -------------------------------------------------------------------
 
-    def run_claimed(self, claimed: list[dict[str, Any]]) -> int:
-        with self.held.lock:
-            for c in claimed:
-                self.held.leases[c["trial_id"]] = c["lease_token"]
-        if self.pack_size > 1:
-            return run_pack(self, claimed)
+    def run_claimed(self, claimed: list[Claim]) -> int:
+        """Train what one claim brought; return how many outcomes the API accepted.
+
+        Final trials (test evaluation, refit) take the reference path one by one: there
+        are few of them and their test metrics then match ``--pack-size 1`` exactly.
+        """
+        self.held.take(claimed)
+        singles = claimed
         n = 0
-        for c in claimed:
+        if self.pack_size > 1:
+            singles = [c for c in claimed if c.evaluate_test or c.refit]
+            n += run_packs(self.pack_handle(), [c for c in claimed if c not in singles])
+        for c in singles:
             if self.stopping.is_set():
                 break  # the rest are released by run()
             n += self.run_one(c)
         return n
 
-    def _forget(self, trial_id: int) -> None:
-        with self.held.lock:
-            self.held.leases.pop(trial_id, None)
-            self.held.lost.discard(trial_id)
-            self.held.cancel.discard(trial_id)
+    def pack_handle(self) -> PackHandle:
+        """What the fused path gets of this worker (not the worker itself)."""
+        return PackHandle(
+            client=self.client,
+            worker_id=self.worker_id,
+            held=self.held,
+            stopping=self.stopping,
+            data=self.data,
+            device=self.device,
+            device_name=self.device_name,
+            pack_threads=self.pack_threads,
+            allow_tf32=self.allow_tf32,
+        )
 
     def _flush(self, retry_for: float | None = None) -> None:
         """Send the buffered epoch reports; while the API is unavailable keep them for later."""
@@ -244,27 +222,27 @@ class Worker:
 
     def _drop(self, trial_id: int) -> None:
         self.pending[:] = [r for r in self.pending if r["trial_id"] != trial_id]
-        self._forget(trial_id)
+        self.held.forget(trial_id)
 
-    def _give_back_oom(self, ref: dict[str, Any], exc: BaseException) -> None:
+    def _give_back_oom(self, c: Claim, exc: BaseException) -> None:
         """Out of memory: hand the trial back to be retried (on a worker with room, or smaller)."""
-        tid = ref["trial_id"]
+        tid = c.trial_id
         log.warning("trial %s: out of memory on %s, giving it back to be retried: %s", tid, self.device, exc)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self._drop(tid)
         try:
-            self.client.release(self.worker_id, [ref], reason="out_of_memory", error=f"{exc}"[:2000])
+            self.client.release(self.worker_id, [c.ref], reason="out_of_memory", error=f"{exc}"[:2000])
         except ApiError as err:  # the lease expires and the reaper requeues it instead
             log.warning("trial %s: release failed: %s", tid, err)
 
-    def run_one(self, c: dict[str, Any]) -> int:
-        tid, token = c["trial_id"], c["lease_token"]
-        logs.set_fields(sweep_id=c["sweep_id"], trial_id=tid)  # on this trial's log lines
-        ref = {"trial_id": tid, "lease_token": token}
+    def run_one(self, c: Claim) -> int:
+        """Train one claimed trial on the reference path; 1 if the API took its outcome."""
+        tid = c.trial_id
+        logs.set_fields(sweep_id=c.sweep_id, trial_id=tid)  # on this trial's log lines
 
         def on_epoch(m: EpochMetrics) -> bool:
-            self.pending.append({**ref, **_finite(m.to_dict())})
+            self.pending.append({**c.ref, **finite(m.to_dict())})
             # A short budget: through an outage the reports wait and training goes on.
             self._flush(retry_for=self.heartbeat_seconds)
             if tid in self.held.lost:
@@ -274,38 +252,30 @@ class Worker:
         def should_stop() -> bool:  # asked every step: stop at once when stopping or the lease is gone
             return self.stopping.is_set() or tid in self.held.lost
 
-        outcome: dict[str, Any] = {**ref, "device": self.device_name, "split": c["split"]}
-        outcome["versions"] = versions()
+        repro = repro_record(c, self.device_name, None)
         try:
-            source = (c["dataset"], c["split"], c.get("dataset_id"), c.get("data_hash"))
-            data = self.data.get(*source)
-            info = self.data.info(*source)
-            outcome["data_hash"] = info.data_hash
-            cfg = TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes)
+            data = self.data.get(*c.source)
+            info = self.data.info(*c.source)
+            repro = repro_record(c, self.device_name, info.data_hash)
+            cfg = TrialConfig.from_params(c.params, c.seed, data.task, data.n_classes)
             result = train_trial(
                 cfg,
                 data,
                 on_epoch=on_epoch,
-                evaluate_test=c["evaluate_test"],
-                train_on_validation=c["refit"],
+                evaluate_test=c.evaluate_test,
+                train_on_validation=c.refit,
                 should_stop=should_stop,
             )
             if result.status == "stopped":
                 raise TrialLost if tid in self.held.lost else Abandon
-            if c.get("upload_model") and result.status == "succeeded" and result.model is not None:
+            if c.upload_model and result.status == "succeeded" and result.model is not None:
                 try:  # before `complete`, while the lease still fences the write
                     upload_model(self.client, self.worker_id, c, model_files(c, cfg, data, info, result))
                 except ApiError as exc:
                     if exc.status_code == 409:
                         raise TrialLost from exc
                     raise
-            outcome.update(
-                status=result.status,
-                metrics=_finite({**result.metrics, **(result.test_metrics or {})}),
-                epochs_done=len(result.epochs),
-                error=result.error,
-                duration_seconds=result.duration_seconds,
-            )
+            report = outcome(c, repro, result)
         except TrialLost:
             log.warning("trial %s: lease lost, dropping it", tid)
             self._drop(tid)
@@ -316,21 +286,20 @@ class Worker:
             if isinstance(exc, ApiError) and exc.status_code == 503:
                 raise  # the API is away (or we are stopping): not the trial's fault
             if is_out_of_memory(exc):
-                self._give_back_oom(ref, exc)
+                self._give_back_oom(c, exc)
                 return 0
             log.exception("trial %s failed", tid)
-            tb = "".join(traceback.format_exception(exc)[-3:])
-            outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{tb}"[:20_000])
+            report = failed(c, repro, exc)
         started = time.monotonic()
         self._flush()  # the curve first (full retry budget), then the outcome
-        states = self.client.complete(self.worker_id, [outcome])
+        states = self.client.complete(self.worker_id, [report])
         recorded = states.get(tid) == "ok"
         log.info(
             "trial %s %s: %s (%.2fs to report)",
             tid,
-            outcome["status"],
+            report["status"],
             "recorded" if recorded else "refused, the lease was lost",
             time.monotonic() - started,
         )
-        self._forget(tid)
+        self.held.forget(tid)
         return 1 if recorded else 0

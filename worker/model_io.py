@@ -1,6 +1,6 @@
 """Trained models as files, and the ONE function that loads them: ``load_model``.
 
-Pure: torch (+ worker.config / worker.train); no database, HTTP, numpy or pandas.
+Pure: torch (+ gridsweep.vocab / worker.train); no database, HTTP, numpy or pandas.
 
     from worker.model_io import load_model
     m = load_model("model.pt")     # the state_dict file or the TorchScript file of a sweep
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.config import TrialConfig
+from gridsweep.vocab import TrialConfig
 from worker.train import Dropout, build_model
 
 FORMAT = "gridsweep.model"

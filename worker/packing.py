@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from worker.config import TrialConfig
+from gridsweep.vocab import TrialConfig
 
 MAX_PACK_SIZE = 1024  # the API's claim limit
 # ``--pack-size auto``: CPU packs are bounded by cache and by how long a worker keeps

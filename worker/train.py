@@ -1,6 +1,6 @@
 """Train one MLP trial: the reference path the fused multi-trial engine must agree with.
 
-Pure: torch + worker.config + worker.datasets; no database or HTTP.
+Pure: torch + gridsweep.vocab + gridsweep.datasets; no database or HTTP.
 
 Contracts (exact, so another implementation can reproduce a trial bit for bit):
 
@@ -62,8 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from worker.config import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, resolve_loss
-from worker.datasets import SplitData
+from gridsweep.datasets import SplitData
+from gridsweep.vocab import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, resolve_loss
 
 DROPOUT_SEED_OFFSET = 1_000_003
 BATCH_SEED_MULTIPLIER = 1_000_003

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from worker.client import ApiClient
-from worker.datasets import Dataset
-from worker.payload import fingerprint, unpack
+from gridsweep.client import ApiClient
+from gridsweep.datasets import Dataset
+from gridsweep.payload import fingerprint, unpack
 
 log = logging.getLogger("gridsweep.worker")
 

@@ -15,17 +15,35 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app import __version__
-from app.api.middleware import AuthMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+from app.api import (
+    routes_datasets,
+    routes_docs,
+    routes_health,
+    routes_models,
+    routes_plots,
+    routes_sweeps,
+    routes_tokens,
+    routes_workers,
+)
+from app.api.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    RequestMiddleware,
+    SecurityHeadersMiddleware,
+)
 from app.config import Settings, get_settings
+from app.dashboard import STATIC_DIR
+from app.dashboard import routes as dashboard_routes
 from app.db import Database
 from app.metrics import Metrics
 from app.migrate import head_revision
 from app.services.trials import extend_running_leases, reap_expired
 from app.spec import SpecError
+from gridsweep import __version__
 
 log = logging.getLogger("gridsweep.api")
 
@@ -135,17 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
         return _unavailable(exc)
 
-    from app.api import (
-        routes_datasets,
-        routes_docs,
-        routes_health,
-        routes_models,
-        routes_sweeps,
-        routes_tokens,
-        routes_workers,
-    )
-    from app.api.middleware import RequestMiddleware
-
     # Outermost: request ids, one log line and the HTTP metrics for every answer (401/413 too).
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
 
@@ -155,9 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_datasets.router)
     app.include_router(routes_models.router)
     app.include_router(routes_tokens.router)
+    app.include_router(routes_plots.router)  # the JSON behind the dashboard's plots
+    app.include_router(dashboard_routes.router)  # the dashboard's pages
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     routes_docs.install_docs(app)
-
-    from app.dashboard import mount_dashboard
-
-    mount_dashboard(app)
     return app

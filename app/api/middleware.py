@@ -26,9 +26,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import logs
 from app.auth import PUBLIC_PATHS, authenticate, bearer_token
 from app.metrics import UNMATCHED_ROUTE, Metrics
+from gridsweep import logs
 
 log = logging.getLogger("gridsweep.http")
 auth_log = logging.getLogger("gridsweep.api")

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from sqlalchemy.orm import Session
 
 from app.api.deps import ERROR_RESPONSES, MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
-from app.api.presenters import best_read, sweep_read, trial_detail
 from app.auth import PrincipalDep, require
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
@@ -24,6 +23,7 @@ from app.schemas import (
 )
 from app.services import idempotency
 from app.services import sweeps as sweep_service
+from app.services.reads import best_read, sweep_read, trial_detail
 from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
 # Read tokens may GET; creating and canceling sweeps needs the submit scope.

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app import __version__
 from app.api.deps import IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.auth import require
 from app.dashboard import views
 from app.dashboard.format import FILTERS
 from app.models import TokenScope
 from app.services.sweeps import cancel_sweep
+from gridsweep import __version__
 
 # Pages read (read scope); the cancel button writes (submit). Browsers send the token as a cookie.
 router = APIRouter(include_in_schema=False, dependencies=[require(write=TokenScope.submit)])

@@ -8,13 +8,13 @@ from urllib.parse import urlencode
 
 from sqlalchemy.orm import Session
 
-from app.api.presenters import best_read
 from app.config import Settings
 from app.dashboard.format import AXIS_LABELS, STATUS_ORDER, spec_rows, spec_yaml
 from app.models import Sweep, SweepStatus, Trial, TrialStatus, Worker
 from app.schemas import DB_INT_MAX
 from app.services.overview import sweep_pulse, sweep_rows, trial_page, worker_rows
 from app.services.plots import grid_axes
+from app.services.reads import best_read
 from app.services.sweeps import get_sweep
 from app.services.trial_queries import SORTABLE, trial_epochs
 

@@ -1,7 +1,7 @@
 """Uploaded datasets: store once by content hash, look up by id or name, check a split, delete.
 
 The file is parsed and validated once (``app.tabular``); what is stored is the encoded
-arrays (``worker.payload``), so workers need neither pandas nor the original file.
+arrays (``gridsweep.payload``), so workers need neither pandas nor the original file.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from app.db import db_now
 from app.models import Dataset, Sweep, SweepStatus, Trial, TrialStatus
 from app.spec import SpecError, SplitSpec
 from app.tabular import Encoding, TableError, min_rows_for_split, prepare_table
-from worker.datasets import BUILTIN_DATASETS, load_builtin, make_dataset, split_dataset
-from worker.payload import fingerprint, pack, unpack
+from gridsweep.datasets import BUILTIN_DATASETS, load_builtin, make_dataset, split_dataset
+from gridsweep.payload import fingerprint, pack, unpack
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -189,13 +189,11 @@ def _check_split_classes(name: str, data: Any, split: SplitSpec) -> None:
         raise SpecError([{"loc": ("split",), "msg": f"dataset {name!r}: {exc}"}]) from exc
 
 
-def check_split(session: Session, ds: Dataset, split: SplitSpec) -> None:
+def check_split(ds: Dataset, split: SplitSpec) -> None:
     """The split must leave rows (and, for classification, 2 classes in training): SpecError at ``split``."""
     _check_split_rows(ds.name, ds.n_rows, split)
     if ds.task == "classification":
-        loaded = dataset_bytes(session, ds.id)
-        assert loaded is not None
-        data, _ = unpack(loaded[1])
+        data, _ = unpack(ds.data)  # the deferred column of the row in hand: no second lookup
         _check_split_classes(ds.name, data, split)
 
 

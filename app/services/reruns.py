@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now
 from app.models import TERMINAL_TRIAL_STATUSES, Sweep, SweepStatus, Trial, TrialRole, TrialStatus
-from worker.datasets import BUILTIN_DATASETS
+from gridsweep.datasets import BUILTIN_DATASETS
 
 RERUN_PRIORITY = 50  # after final evaluations, before the search trials of other sweeps
 

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import db_now
 from app.models import (
     TERMINAL_TRIAL_STATUSES,
+    Dataset,
     Sweep,
     SweepStatus,
     Trial,
@@ -22,7 +23,7 @@ from app.models import (
 )
 from app.services.datasets import check_builtin_split, check_split, find_dataset
 from app.spec import DataFacts, SpecError, SweepSpec, expand, validate_spec
-from worker.datasets import BUILTIN_DATASETS
+from gridsweep.datasets import BUILTIN_DATASETS
 
 METRIC_COLUMNS = ("train_loss", "val_loss", "val_error", "val_accuracy")
 TEST_COLUMNS = ("test_loss", "test_error", "test_accuracy")
@@ -31,11 +32,19 @@ FINAL_PRIORITY = 0  # final evaluations run before any search trial
 TEST_ROLES = (TrialRole.final, TrialRole.refit)
 
 
-def dataset_facts(session: Session, name: str) -> DataFacts:
-    """Task and classes of the dataset a spec names, or a SpecError at ``dataset``."""
+@dataclass(frozen=True)
+class SpecDataset:
+    """The dataset a spec names, resolved once: a built-in (``uploaded`` None) or an upload's row."""
+
+    facts: DataFacts
+    uploaded: Dataset | None = None
+
+
+def resolve_dataset(session: Session, name: str) -> SpecDataset:
+    """The dataset ``name`` stands for, or a SpecError at ``dataset``."""
     info = BUILTIN_DATASETS.get(name)
     if info is not None:
-        return DataFacts(task=info.task, n_classes=info.n_classes, n_features=info.n_features)
+        return SpecDataset(DataFacts(task=info.task, n_classes=info.n_classes, n_features=info.n_features))
     uploaded = find_dataset(session, name)
     if uploaded is None:
         raise SpecError(
@@ -47,16 +56,22 @@ def dataset_facts(session: Session, name: str) -> DataFacts:
                 }
             ]
         )
-    return DataFacts(task=uploaded.task, n_classes=len(uploaded.classes), n_features=uploaded.n_features)
+    facts = DataFacts(task=uploaded.task, n_classes=len(uploaded.classes), n_features=uploaded.n_features)
+    return SpecDataset(facts, uploaded)
+
+
+def dataset_facts(session: Session, name: str) -> DataFacts:
+    """Task and classes of the dataset a spec names, or a SpecError at ``dataset``."""
+    return resolve_dataset(session, name).facts
 
 
 def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep:
     """Validate ``spec`` against its dataset and the limits, then store it and its trials."""
-    facts = dataset_facts(session, spec.dataset)
+    ds = resolve_dataset(session, spec.dataset)  # once: the checks below and the row share it
+    facts, uploaded = ds.facts, ds.uploaded
     n = validate_spec(spec, facts, settings.max_trials, settings.max_epochs, settings.max_parameters)
-    uploaded = None if spec.dataset in BUILTIN_DATASETS else find_dataset(session, spec.dataset)
     if uploaded is not None:
-        check_split(session, uploaded, spec.split)
+        check_split(uploaded, spec.split)
     else:
         check_builtin_split(spec.dataset, spec.split)
     sweep = Sweep(

@@ -38,7 +38,8 @@ class ApiClient:
         interrupt: threading.Event | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
+        self.base_url = server.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.retry_for = retry_for
         self.interrupt = interrupt or threading.Event()
 

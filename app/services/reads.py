@@ -1,4 +1,4 @@
-"""ORM rows -> edge schemas (the read side's shapes, in one place)."""
+"""The read side: a sweep, its best config and a trial's detail, queried and shaped as edge schemas."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def readme_block() -> str:
 
 
 def rewrite_readme(path: str) -> None:
-    """Replace the table between the markers in ``path`` (``python -m app.settings_doc README.md``)."""
+    """Replace the table between the markers in ``path`` (``python -m app.cli.settings_doc README.md``)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.datasets import Dataset, make_dataset
+from gridsweep.datasets import Dataset, make_dataset
 
 PAYLOAD_VERSION = 1
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli_options import db_option
+from app.cli.options import db_option
 from app.config import get_settings
 from app.db import Database
 from app.models import TokenScope
@@ -90,3 +90,6 @@ def revoke(name_or_id: str, db: str | None) -> None:
     finally:
         database.dispose()
     click.echo(f"token {name_or_id!r} revoked", err=True)
+
+
+COMMANDS = (token,)

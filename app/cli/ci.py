@@ -10,27 +10,17 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from app import ci_client as ci
-from app import cli_output as out
-from app import reports
-from app.cli_options import server_option
+from app.cli import output as out
+from app.cli import reports
+from app.cli import waiting as ci
+from app.cli.api import EXIT_CODES_HELP, BadInput, call, make_client
+from app.cli.options import server_option
+from app.cli.reports import Gate
 from app.config import Settings
-from app.reports import EXIT_CODES_HELP, EXIT_USAGE, Gate
-
-
-def log_options(verbose: bool) -> dict[str, Any]:
-    """Log level and format for this process, from ``GRIDSWEEP_LOG_*`` (``-v``: DEBUG)."""
-    try:
-        s = Settings()
-        level, fmt = s.log_level, s.log_format
-    except ValidationError:
-        level, fmt = "INFO", "auto"  # `gridsweep config` reports the bad value
-    return {"level": "DEBUG" if verbose else level, "fmt": fmt}
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -100,9 +90,9 @@ def submit(
         return
     wait = wait or any(x is not None for x in (fail_above, fail_below, timeout, junit, summary_md))
     key = idempotency_key if idempotency_key is not None else ci.ci_idempotency_key(dict(os.environ), spec)
-    client = ci.make_client(server)
+    client = make_client(server)
     started = time.monotonic()
-    created = ci.api_call(
+    created = call(
         client,
         "POST",
         "/api/v1/sweeps",
@@ -120,7 +110,7 @@ def submit(
         return
     sweep, timed_out = ci.wait_for(client, sid, poll, timeout, ci.Progress(client, sid, ci.plain_output()))
     verdict = reports.evaluate(sweep, gate, timed_out, timeout)
-    board = ci.api_call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
+    board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
     elapsed = time.monotonic() - started
     if junit:
         ci.write_text(junit, reports.junit_xml(sweep, ci.all_trials(client, sid), verdict, board, elapsed))
@@ -143,7 +133,7 @@ def submit(
 @click.command()
 def schema() -> None:
     """Print the spec's JSON Schema (for editors: yaml-language-server, VS Code)."""
-    from app.spec_schema import spec_json_schema
+    from app.cli.spec_schema import spec_json_schema
 
     click.echo(json.dumps(spec_json_schema(), indent=2))
 
@@ -153,7 +143,7 @@ def schema() -> None:
 @click.option("--markdown", is_flag=True, help="Print the README's table of every setting instead.")
 def config(as_json: bool, markdown: bool) -> None:
     """Print the effective settings (GRIDSWEEP_* environment), secrets masked."""
-    from app.settings_doc import effective_settings, readme_block
+    from app.cli.settings_doc import effective_settings, readme_block
 
     if markdown:
         click.echo(readme_block())
@@ -162,7 +152,7 @@ def config(as_json: bool, markdown: bool) -> None:
         rows = effective_settings(Settings())
     except ValidationError as exc:
         lines = [f"  GRIDSWEEP_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()]
-        raise ci.CliError(EXIT_USAGE, "invalid settings:\n" + "\n".join(lines)) from exc
+        raise BadInput("invalid settings:\n" + "\n".join(lines)) from exc
     if as_json:
         out.echo_json({r["name"]: r["value"] for r in rows})
         return

@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from app import cli_output as out
-from app.cli_options import server_option
-from worker.client import ApiClient, ApiError
-
-
-class BadInput(click.ClickException):
-    exit_code = 2
-
-
-class Unreachable(click.ClickException):
-    exit_code = 3
+from app.cli import output as out
+from app.cli.api import BadInput, call, make_client
+from app.cli.options import server_option
 
 
 def _call(server: str, method: str, path: str, **kw: Any) -> Any:
-    """One API call; 422/413 exit 2 with the reasons, 503 (unreachable) exits 3, others exit 1."""
-    client = ApiClient(server, token=os.environ.get("GRIDSWEEP_TOKEN"), retry_for=3.0)
+    """One API call with a fresh client (closed after), exit codes from ``app.cli.api``."""
+    client = make_client(server)
     try:
-        return client.request(method, path, **kw)
-    except ApiError as exc:
-        if exc.status_code == 422:
-            raise BadInput("rejected:\n" + out.format_api_errors(exc.detail)) from exc
-        if exc.status_code == 413:
-            raise BadInput(str(exc.detail)) from exc
-        if exc.status_code == 503:
-            raise Unreachable(f"cannot reach {server}: {exc.detail}") from exc
-        raise click.ClickException(str(exc.detail)) from exc
+        return call(client, method, path, **kw)
     finally:
         client.close()
 
@@ -212,6 +195,4 @@ def rerun(trial_id: int, server: str, as_json: bool) -> None:
     click.echo(f"trial {t['id']} queued: a rerun of trial {trial_id} (seed {t['seed']})", err=True)
 
 
-def register(group: click.Group) -> None:
-    for cmd in (dataset, model, predict, rerun):
-        group.add_command(cmd)
+COMMANDS = (dataset, model, predict, rerun)

@@ -12,22 +12,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.cli_output import fmt, varying_axes
-
-# Exit codes of `gridsweep submit` (documented in --help and the README).
-EXIT_OK = 0  # the sweep succeeded and the gate (if any) was met
-EXIT_MISSED = 1  # the gate was missed, or the sweep failed or was canceled
-EXIT_USAGE = 2  # invalid spec or usage
-EXIT_UNREACHABLE = 3  # server unreachable, or authentication refused
-EXIT_TIMEOUT = 4  # --timeout reached before the sweep ended
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  the sweep succeeded and the gate (if any) was met
-  1  the gate was missed, or the sweep failed or was canceled
-  2  invalid spec or usage
-  3  server unreachable, or authentication refused
-  4  --timeout reached before the sweep ended"""
+from app.cli.api import EXIT_MISSED, EXIT_OK, EXIT_TIMEOUT
+from app.cli.output import fmt, varying_axes
 
 
 @dataclass(frozen=True)

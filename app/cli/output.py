@@ -11,11 +11,8 @@ import click
 import yaml
 from pydantic import ValidationError
 
+from app.cli.api import BadInput
 from app.spec import SweepSpec, format_loc
-
-
-class SpecFileError(click.ClickException):
-    exit_code = 2
 
 
 def load_spec(path: str) -> SweepSpec:
@@ -23,27 +20,16 @@ def load_spec(path: str) -> SweepSpec:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise SpecFileError(f"cannot read {path}: {exc.strerror}") from exc
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise SpecFileError(f"{path} is not valid YAML: {exc}") from exc
+        raise BadInput(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise SpecFileError(f"{path}: a spec is a mapping (name, dataset, parameters, ...)")
+        raise BadInput(f"{path}: a spec is a mapping (name, dataset, parameters, ...)")
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
         lines = [f"  {format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise SpecFileError(f"{path} is not a valid spec:\n" + "\n".join(lines)) from exc
-
-
-def format_api_errors(detail: Any) -> str:
-    """A 422's ``detail`` as ``field.path: reason`` lines."""
-    if isinstance(detail, list):
-        out = []
-        for e in detail:
-            loc = [p for p in e.get("loc", []) if p != "body"]
-            out.append(f"  {format_loc(loc)}: {e.get('msg')}")
-        return "\n".join(out)
-    return f"  {detail}"
+        raise BadInput(f"{path} is not a valid spec:\n" + "\n".join(lines)) from exc
 
 
 def fmt(v: Any) -> str:

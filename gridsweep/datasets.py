@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.config import TASKS
+from gridsweep.vocab import TASKS
 
 # Seed for the synthetic generators. Changing it changes every stored result.
 _DATA_RANDOM_STATE = 0

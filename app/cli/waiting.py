@@ -16,27 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
-from app import cli_output as out
-from app import reports
+from app.cli import output as out
+from app.cli import reports
+from app.cli.api import BadInput, call
+from app.cli.reports import Gate
 from app.config import Settings
-from app.reports import EXIT_MISSED, EXIT_UNREACHABLE, EXIT_USAGE, Gate
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
-from worker.client import ApiClient, ApiError
+from gridsweep.client import ApiClient
 
 TERMINAL = ("succeeded", "failed", "canceled")
 FINISHED = ("succeeded", "failed", "diverged")  # trials worth a progress line (canceled ones are not)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 POLL_RETRY_SECONDS = 30.0  # ride out a short API restart while waiting
-
-
-class CliError(click.ClickException):
-    """A message and one of the documented exit codes."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = code
 
 
 def plain_output() -> bool:
@@ -64,31 +56,6 @@ def ci_idempotency_key(env: dict[str, str], spec: SweepSpec) -> str | None:
         return None
     tail = hashlib.sha256("|".join([*scope, spec_digest(spec)]).encode()).hexdigest()[:24]
     return f"{head}-{tail}"
-
-
-def make_client(server: str) -> ApiClient:
-    return ApiClient(server, token=os.environ.get("GRIDSWEEP_TOKEN"), retry_for=3.0)
-
-
-def api_call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
-    """One API call; failures become the documented exit codes."""
-    try:
-        return client.request(method, path, **kw)
-    except ApiError as exc:
-        if exc.status_code in (400, 413, 422):
-            msg = f"the server rejected the request ({exc.status_code}):\n" + out.format_api_errors(
-                exc.detail
-            )
-            raise CliError(EXIT_USAGE, msg) from exc
-        if exc.status_code in (401, 403):
-            raise CliError(
-                EXIT_UNREACHABLE, f"authentication refused ({exc.status_code}): {exc.detail}"
-            ) from exc
-        if exc.status_code == 503:
-            raise CliError(EXIT_UNREACHABLE, f"API unavailable: {exc.detail}") from exc
-        raise CliError(EXIT_MISSED, f"{method} {path}: {exc}") from exc
-    except httpx.HTTPError as exc:  # e.g. a malformed server URL
-        raise CliError(EXIT_UNREACHABLE, f"cannot reach the API: {exc}") from exc
 
 
 class Progress:
@@ -122,7 +89,7 @@ class Progress:
         new: list[dict[str, Any]] = []
         limit, offset = 200, 0
         while len(new) < wanted:
-            page = api_call(
+            page = call(
                 self.client,
                 "GET",
                 f"/api/v1/sweeps/{self.sweep_id}/trials",
@@ -164,7 +131,7 @@ def wait_for(
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         retry = POLL_RETRY_SECONDS if left is None else max(1.0, min(POLL_RETRY_SECONDS, left))
-        sweep = api_call(client, "GET", f"/api/v1/sweeps/{sweep_id}", retry_for=retry)
+        sweep = call(client, "GET", f"/api/v1/sweeps/{sweep_id}", retry_for=retry)
         progress.update(sweep)
         if sweep["status"] in TERMINAL:
             return sweep, False
@@ -178,7 +145,7 @@ def wait_for(
 def all_trials(client: ApiClient, sweep_id: int) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     while True:
-        page = api_call(
+        page = call(
             client, "GET", f"/api/v1/sweeps/{sweep_id}/trials", params={"limit": 500, "offset": len(items)}
         )
         items += page["items"]
@@ -188,7 +155,7 @@ def all_trials(client: ApiClient, sweep_id: int) -> list[dict[str, Any]]:
 
 def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> None:
     """What the spec expands to, checked locally (builtin datasets, local limits); nothing sent."""
-    from worker.datasets import BUILTIN_DATASETS
+    from gridsweep.datasets import BUILTIN_DATASETS
 
     settings = Settings()
     info = BUILTIN_DATASETS.get(spec.dataset)
@@ -215,7 +182,7 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
                 )
     except SpecError as exc:
         lines = [f"  {format_loc(e['loc'])}: {e['msg']}" for e in exc.errors]
-        raise out.SpecFileError("the spec is not valid:\n" + "\n".join(lines)) from exc
+        raise BadInput("the spec is not valid:\n" + "\n".join(lines)) from exc
     n_seeds = len(spec.seeds)
     if as_json:
         gate_json = None if gate is None else gate.__dict__
@@ -255,4 +222,4 @@ def write_text(path: str, text: str, append: bool = False) -> None:
         with Path(path).open("a" if append else "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as exc:
-        raise CliError(EXIT_USAGE, f"cannot write {path}: {exc.strerror}") from exc
+        raise BadInput(f"cannot write {path}: {exc.strerror}") from exc

@@ -1,0 +1,92 @@
+"""How every CLI command talks to the API: one client factory, one call helper, one
+exit-code table and one error type per cause.
+
+Every command exits with a code from ``EXIT_CODES`` (documented in ``--help`` and the
+README): a bad spec or request is 2 whichever command sent it, an unreachable API or a
+refused token is 3.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+import httpx
+
+from app.spec import format_loc
+from gridsweep.client import ApiClient, ApiError
+
+# The one exit-code table of the command line.
+EXIT_OK = 0  # done; for `submit`: the sweep succeeded and the gate (if any) was met
+EXIT_MISSED = 1  # the gate was missed, the sweep failed or was canceled, or another error
+EXIT_USAGE = 2  # invalid spec, request or usage
+EXIT_UNREACHABLE = 3  # server unreachable, or authentication refused
+EXIT_TIMEOUT = 4  # --timeout reached before the sweep ended
+
+EXIT_CODES = {
+    EXIT_OK: "the sweep succeeded and the gate (if any) was met",
+    EXIT_MISSED: "the gate was missed, or the sweep failed or was canceled",
+    EXIT_USAGE: "invalid spec or usage",
+    EXIT_UNREACHABLE: "server unreachable, or authentication refused",
+    EXIT_TIMEOUT: "--timeout reached before the sweep ended",
+}
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+class CliError(click.ClickException):
+    """A message and one of the documented exit codes."""
+
+    exit_code = EXIT_MISSED
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.exit_code = code
+
+
+class BadInput(CliError):
+    """The spec, a file or a request was refused (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class Unreachable(CliError):
+    """No API answered, or it refused our token (exit 3)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+def format_api_errors(detail: Any) -> str:
+    """A 4xx ``detail`` as ``field.path: reason`` lines."""
+    if isinstance(detail, list):
+        out = []
+        for e in detail:
+            loc = [p for p in e.get("loc", []) if p != "body"] if isinstance(e, dict) else []
+            msg = e.get("msg") if isinstance(e, dict) else e
+            out.append(f"  {format_loc(loc)}: {msg}" if loc else f"  {msg}")
+        return "\n".join(out)
+    return f"  {detail}"
+
+
+def make_client(server: str) -> ApiClient:
+    """A client for ``server`` with the token from ``GRIDSWEEP_TOKEN`` (a short retry budget)."""
+    return ApiClient(server, token=os.environ.get("GRIDSWEEP_TOKEN"), retry_for=3.0)
+
+
+def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
+    """One API call; failures become the documented exit codes."""
+    try:
+        return client.request(method, path, **kw)
+    except ApiError as exc:
+        if exc.status_code in (400, 413, 422):
+            raise BadInput(
+                f"the server rejected the request ({exc.status_code}):\n" + format_api_errors(exc.detail)
+            ) from exc
+        if exc.status_code in (401, 403):
+            raise Unreachable(f"authentication refused ({exc.status_code}): {exc.detail}") from exc
+        if exc.status_code == 503:
+            raise Unreachable(f"API unavailable at {client.base_url}: {exc.detail}") from exc
+        raise CliError(f"{method} {path}: {exc}") from exc
+    except httpx.HTTPError as exc:  # e.g. a malformed server URL
+        raise Unreachable(f"cannot reach the API at {client.base_url}: {exc}") from exc

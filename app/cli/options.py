@@ -1,0 +1,92 @@
+"""Options and checks that several ``gridsweep`` commands share: where the API is, where the
+store is, auth, pack size, log level."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from app.config import Settings, get_settings
+from worker.packing import parse_pack_size
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+server_option = click.option(
+    "--server", envvar="GRIDSWEEP_SERVER", default=DEFAULT_SERVER, show_default=True, help="API URL."
+)
+db_option = click.option(
+    "--db",
+    "db",
+    envvar="GRIDSWEEP_DATABASE_URL",
+    default=None,
+    help="Database URL (default: GRIDSWEEP_DATABASE_URL or sqlite:///gridsweep.db).",
+)
+
+
+def pack_size_option(value: str | int | None) -> int | None:
+    """``--pack-size``: an integer, or ``auto`` (None: the worker picks by device)."""
+    try:
+        return parse_pack_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+pack_size_flag = click.option(
+    "--pack-size",
+    default="auto",
+    show_default=True,
+    callback=lambda _ctx, _param, value: pack_size_option(value),
+    help="Trials claimed and trained at once (fused); 1 trains one by one; auto: 64 on CPU, 512 on CUDA.",
+)
+
+
+def settings_for(db: str | None) -> Settings:
+    s = get_settings()
+    return s.model_copy(update={"database_url": db}) if db else s
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, host: str, insecure: bool) -> None:
+    """Refuse to serve without auth beyond loopback (unless --insecure); say how it runs."""
+    if settings.auth_enabled:
+        click.echo(f"gridsweep: auth is on (API tokens required) on {host}", err=True)
+        return
+    if not is_loopback(host) and not insecure:
+        raise click.UsageError(
+            f"refusing to serve on {host} without auth: set GRIDSWEEP_AUTH=on and create tokens "
+            "(gridsweep token create), or pass --insecure to accept anyone who can reach it"
+        )
+    where = "loopback only" if is_loopback(host) else "INSECURE, anyone who can reach it"
+    click.echo(f"gridsweep: auth is OFF ({where}); set GRIDSWEEP_AUTH=on to require tokens", err=True)
+
+
+auth_option = click.option(
+    "--auth",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="Require API tokens (default: GRIDSWEEP_AUTH).",
+)
+insecure_option = click.option(
+    "--insecure", is_flag=True, help="Allow a non-loopback address without auth (anyone may use the API)."
+)
+
+
+def log_options(verbose: bool) -> dict[str, Any]:
+    """Log level and format for this process, from ``GRIDSWEEP_LOG_*`` (``-v``: DEBUG)."""
+    try:
+        s = Settings()
+        level, fmt = s.log_level, s.log_format
+    except ValidationError:
+        level, fmt = "INFO", "auto"  # `gridsweep config` reports the bad value
+    return {"level": "DEBUG" if verbose else level, "fmt": fmt}

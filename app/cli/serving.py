@@ -1,0 +1,181 @@
+"""Commands that run gridsweep's processes: ``db upgrade``, ``serve``, ``worker``, ``up``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+import uvicorn
+
+from app.cli.api import Unreachable
+from app.cli.local import gridsweep_cmd, local_threads, spawn, stop_all, wait_healthy
+from app.cli.options import (
+    auth_option,
+    check_exposure,
+    db_option,
+    insecure_option,
+    pack_size_flag,
+    server_option,
+    settings_for,
+)
+from app.config import get_settings
+from gridsweep.client import ApiError
+
+
+@click.group()
+def db() -> None:
+    """Database commands."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db: str | None) -> None:
+    """Create or upgrade the store's schema to the latest migration."""
+    from app.migrate import upgrade
+
+    url = settings_for(db).database_url
+    upgrade(url)
+    click.echo(f"database at head: {url.split('@')[-1]}")
+
+
+@click.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-upgrade", is_flag=True, help="Do not run migrations at start.")
+@auth_option
+@insecure_option
+def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | None, insecure: bool) -> None:
+    """Run the API server."""
+    settings = settings_for(db)
+    if auth:
+        settings = settings.model_copy(update={"auth": auth})
+    check_exposure(settings, host, insecure)
+    if not no_upgrade:
+        from app.migrate import upgrade
+
+        upgrade(settings.database_url)
+    from app.api import create_app
+
+    # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
+    )
+
+
+@click.command()
+@server_option
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--name", default=None, help="Worker name (default: host-pid).")
+@pack_size_flag
+@click.option(
+    "--threads",
+    default=None,
+    type=int,
+    help="CPU threads: parts of a fused CPU pack, or torch threads for one trial at a time.",
+)
+@click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
+def worker(
+    server: str,
+    device: str,
+    name: str | None,
+    pack_size: int | None,
+    threads: int | None,
+    exit_when_idle: bool,
+) -> None:
+    """Claim trials from the API and train them."""
+    from worker.loop import Worker
+
+    try:
+        w = Worker(
+            server,
+            device=device,
+            name=name,
+            token=os.environ.get("GRIDSWEEP_TOKEN"),
+            pack_size=pack_size,
+            threads=threads,
+            exit_when=(lambda: True) if exit_when_idle else None,
+            cache_dir=get_settings().data_cache_dir,
+            allow_tf32=get_settings().allow_tf32,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    w.install_signal_handlers()
+    try:
+        n = w.run()
+    except ApiError as exc:
+        raise Unreachable(f"cannot reach the API at {server}: {exc}") from exc
+    click.echo(f"worker stopped after {n} trials", err=True)
+
+
+@click.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
+@click.option("--device", default="auto", show_default=True)
+@auth_option
+@insecure_option
+def up(
+    db: str | None, host: str, port: int, workers: int, device: str, auth: str | None, insecure: bool
+) -> None:
+    """API + N local workers in one command (Ctrl-C stops them all).
+
+    On loopback auth may stay off (the default, said at start); with auth on, the workers
+    use GRIDSWEEP_TOKEN (a worker or admin token).
+    """
+    settings = settings_for(db)
+    if auth:
+        settings = settings.model_copy(update={"auth": auth})
+    check_exposure(settings, host, insecure)
+    if settings.auth_enabled and workers and not os.environ.get("GRIDSWEEP_TOKEN"):
+        raise click.UsageError("auth is on: set GRIDSWEEP_TOKEN to a worker token for the local workers")
+    url = f"http://{host}:{port}"
+    # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
+    # this process alone and orphaned the server and workers). An ignored signal stays ignored (nohup).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
+    serve_args = ["serve", "--host", host, "--port", str(port), "--auth", settings.auth]
+    server = spawn(
+        gridsweep_cmd(*serve_args, *(["--insecure"] if insecure else [])),
+        env={"GRIDSWEEP_DATABASE_URL": settings.database_url},
+    )
+    procs = [server]
+    try:
+        wait_healthy(url, timeout=60, proc=server)
+        threads = str(local_threads(workers))
+        for _ in range(workers):
+            procs.append(
+                spawn(gridsweep_cmd("worker", "--server", url, "--device", device, "--threads", threads))
+            )
+        click.echo(
+            f"gridsweep up: API at {url}, {workers} worker(s), store {settings.database_url}", err=True
+        )
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        died = next(p for p in procs if p.poll() is not None)
+        click.echo(f"gridsweep up: the {died.args[3]} process exited ({died.returncode}); stopping", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        click.echo("stopping...", err=True)
+        code = 0
+    finally:
+        # The children have process groups of their own (a terminal's Ctrl-C reaches only this
+        # process): workers stop first and release their trials while the server still answers.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        stop_all(procs[1:])
+        stop_all(procs[:1])
+    sys.exit(code)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+COMMANDS = (db, serve, worker, up)

@@ -1,0 +1,123 @@
+"""Commands about one sweep: ``run`` (a whole sweep locally), ``status``, ``best``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from app.cli import output as out
+from app.cli.api import call, make_client
+from app.cli.local import ThreadServer, free_port, gridsweep_cmd, local_threads, spawn, stop_all
+from app.cli.options import db_option, pack_size_flag, server_option, settings_for
+from app.cli.waiting import TERMINAL
+
+
+@click.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@db_option
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--device", default="auto", show_default=True)
+@pack_size_flag
+@click.option("--top", default=10, show_default=True, help="Configs in the leaderboard.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(
+    spec_file: str, db: str | None, workers: int, device: str, pack_size: int | None, top: int, as_json: bool
+) -> None:
+    """Run one sweep to the end locally (no separate server) and print the leaderboard."""
+    from app.migrate import upgrade
+    from worker.loop import Worker
+    from worker.train import select_device
+
+    spec = out.load_spec(spec_file)
+    try:  # a bad --device fails here, not after the sweep is stored (left queued, with a traceback)
+        select_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    # An in-process API on loopback for this one run: its own workers need no token.
+    settings = settings_for(db).model_copy(update={"auth": "off"})
+    upgrade(settings.database_url)
+    with ThreadServer(settings, port=free_port()) as srv:
+        client = make_client(srv.url)
+        created = call(client, "POST", "/api/v1/sweeps", json=spec.model_dump(mode="json"))
+        sid = created["id"]
+        click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
+
+        def sweep_done() -> bool:
+            return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
+
+        threads = local_threads(workers)
+        helpers = [
+            spawn(
+                gridsweep_cmd(
+                    "worker",
+                    "--server",
+                    srv.url,
+                    "--device",
+                    device,
+                    "--pack-size",
+                    str(pack_size or "auto"),
+                    "--threads",
+                    str(threads),
+                )
+            )
+            for _ in range(workers - 1)
+        ]
+        try:
+            w = Worker(
+                srv.url,
+                device=device,
+                pack_size=pack_size,
+                # A fused CPU pack trains in `threads` parts; one trial at a time (final trials,
+                # --pack-size 1) gets one torch thread: OpenMP threads beside the in-process API
+                # spin on a small machine (see local_threads).
+                threads=1,
+                pack_threads=threads,
+                exit_when=sweep_done,
+                cache_dir=settings.data_cache_dir,
+                allow_tf32=settings.allow_tf32,
+            )
+            w.install_signal_handlers()
+            w.run()
+        finally:
+            stop_all(helpers)
+        sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")
+        board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
+    if as_json:
+        out.echo_json({"sweep": sweep, "leaderboard": board, "best": sweep.get("best")})
+    else:
+        click.echo(out.progress_line(sweep))
+        click.echo(out.leaderboard_table(sweep, board))
+        click.echo(out.best_text(sweep.get("best")))
+    if sweep["status"] != "succeeded":
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("sweep_id", type=int)
+@server_option
+@click.option("--json", "as_json", is_flag=True)
+def status(sweep_id: int, server: str, as_json: bool) -> None:
+    """Show a sweep's status and progress."""
+    sweep = call(make_client(server), "GET", f"/api/v1/sweeps/{sweep_id}")
+    if as_json:
+        out.echo_json(sweep)
+    else:
+        click.echo(out.progress_line(sweep))
+        click.echo("  " + ", ".join(f"{k} {v}" for k, v in sweep["counts"].items() if v))
+
+
+@click.command()
+@click.argument("sweep_id", type=int)
+@server_option
+@click.option("--json", "as_json", is_flag=True)
+def best(sweep_id: int, server: str, as_json: bool) -> None:
+    """Show a sweep's best config."""
+    result = call(make_client(server), "GET", f"/api/v1/sweeps/{sweep_id}/best")
+    if as_json:
+        out.echo_json(result)
+    else:
+        click.echo(out.best_text(result))
+
+
+COMMANDS = (run, status, best)
