@@ -136,8 +136,10 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: Any) -> None:
-            if self.stopping.is_set():  # a second Ctrl-C: leave now
-                raise KeyboardInterrupt
+            if self.stopping.is_set():
+                if signum == signal.SIGINT:  # a second Ctrl-C: leave now
+                    raise KeyboardInterrupt
+                return  # SIGTERM again (a batch script's trap and the scheduler both send one)
             log.info("signal %s: stopping the current trial and releasing trials", signum)
             self.stopping.set()
 
