@@ -124,8 +124,15 @@ class Reporter:
                 states = w.client.complete(w.worker_id, payload)
                 for o in payload:
                     w._forget(o["trial_id"])
-                self.accepted += sum(1 for o in payload if states.get(o["trial_id"]) == "ok")
-                log.info("%d trials reported (%.2fs)", len(payload), time.monotonic() - started)
+                ok = sum(1 for o in payload if states.get(o["trial_id"]) == "ok")
+                self.accepted += ok
+                refused = [o["trial_id"] for o in payload if states.get(o["trial_id"]) != "ok"]
+                log.info(
+                    "%d trials reported (%.2fs)%s",
+                    len(payload),
+                    time.monotonic() - started,
+                    f"; refused, the lease was lost: trials {refused}" if refused else "",
+                )
             except BaseException as exc:
                 self.error = exc
 
