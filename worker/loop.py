@@ -4,6 +4,8 @@ The worker speaks HTTP to the API only. A heartbeat thread keeps the leases of
 the trials in hand alive; every report is fenced by the lease token, and the
 answer may say ``cancel`` (stop the trial) or ``lost`` (drop it, write nothing).
 SIGTERM / SIGINT: training stops within one step, the trials go back to the queue at once.
+``idle_exit_seconds``: once no trial has been claimable for that long, the loop ends (nothing
+is held then): a batch job or a scaled-out pod ends when the queue stays empty.
 An API or database outage does not stop training: epoch reports are buffered and sent
 again with the next one; the outcome waits (with backoff) until the API is back.
 Out of memory gives the trial back to be retried (the attempt counts); an exception in
@@ -65,6 +67,7 @@ class Worker:
         threads: int | None = None,
         pack_threads: int | None = None,
         exit_when: Callable[[], bool] | None = None,
+        idle_exit_seconds: float | None = None,
         cache_dir: str | None = None,
         allow_tf32: bool = False,
     ) -> None:
@@ -81,6 +84,7 @@ class Worker:
         self.allow_tf32 = allow_tf32
         self.poll_seconds = poll_seconds
         self.exit_when = exit_when
+        self.idle_exit_seconds = idle_exit_seconds
         self.uploads = UploadedDatasets(self.client, cache_dir)
         self.data = DataCache(self.device, fetch=self.uploads.get)
         self.held = Held()
@@ -96,8 +100,10 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: Any) -> None:
-            if self.stopping.is_set():  # a second Ctrl-C: leave now
-                raise KeyboardInterrupt
+            if self.stopping.is_set():
+                if signum == signal.SIGINT:  # a second Ctrl-C: leave now
+                    raise KeyboardInterrupt
+                return  # SIGTERM again (a batch script's trap and the scheduler both send one)
             log.info("signal %s: stopping the current trial and releasing trials", signum)
             self.stopping.set()
 
@@ -105,7 +111,8 @@ class Worker:
         signal.signal(signal.SIGINT, _stop)
 
     def run(self) -> int:
-        """Claim and train until stopped (or until ``exit_when`` says so while idle)."""
+        """Claim and train until stopped, until ``exit_when`` says so while idle, or until no
+        trial has been claimable for ``idle_exit_seconds``."""
         info = self.client.register(self.name, socket.gethostname(), self.device_name)
         self.worker_id = info["id"]
         logs.set_fields(worker_id=self.worker_id)  # on this thread's log lines (and the heartbeat's)
@@ -115,6 +122,7 @@ class Worker:
         hb.start()
         done = 0
         idle = 0.0
+        idle_since: float | None = None  # when the queue was first found empty (monotonic)
         try:
             while not self.stopping.is_set():
                 try:
@@ -126,13 +134,20 @@ class Worker:
                     log.warning("claim failed, the API is unavailable; trying again: %s", exc)
                     continue
                 if not claimed:
+                    if idle_since is None:
+                        idle_since = time.monotonic()
                     if self.exit_when is not None and self.exit_when():
+                        break
+                    if self.idle_exit_seconds is not None and (
+                        time.monotonic() - idle_since >= self.idle_exit_seconds
+                    ):
+                        log.info("no trial to claim for %.1fs: exiting", time.monotonic() - idle_since)
                         break
                     # Poll quickly right after work, slower when the queue stays empty.
                     idle = min(self.poll_seconds, idle + 0.05) if idle else 0.05
                     self.stopping.wait(idle)
                     continue
-                idle = 0.0
+                idle, idle_since = 0.0, None
                 done += self.run_claimed(claimed)
                 logs.set_fields(sweep_id=None, trial_id=None)
         except ApiError:

@@ -109,8 +109,15 @@ class Reporter:
                 states = h.client.complete(h.worker_id, payload)
                 for o in payload:
                     h.held.forget(o["trial_id"])
-                self.accepted += sum(1 for o in payload if states.get(o["trial_id"]) == "ok")
-                log.info("%d trials reported (%.2fs)", len(payload), time.monotonic() - started)
+                ok = sum(1 for o in payload if states.get(o["trial_id"]) == "ok")
+                self.accepted += ok
+                refused = [o["trial_id"] for o in payload if states.get(o["trial_id"]) != "ok"]
+                log.info(
+                    "%d trials reported (%.2fs)%s",
+                    len(payload),
+                    time.monotonic() - started,
+                    f"; refused, the lease was lost: trials {refused}" if refused else "",
+                )
             except BaseException as exc:
                 self.error = exc
 

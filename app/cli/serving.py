@@ -78,14 +78,22 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     type=int,
     help="CPU threads: parts of a fused CPU pack, or torch threads for one trial at a time.",
 )
-@click.option("--exit-when-idle", is_flag=True, help="Exit when no trial is queued.")
+@click.option(
+    "--exit-when-idle",
+    type=click.FloatRange(min=0),
+    is_flag=False,
+    flag_value=0.0,
+    default=None,
+    metavar="SECONDS",
+    help="Exit (code 0) once no trial has been claimable for SECONDS (alone: at the first empty claim).",
+)
 def worker(
     server: str,
     device: str,
     name: str | None,
     pack_size: int | None,
     threads: int | None,
-    exit_when_idle: bool,
+    exit_when_idle: float | None,
 ) -> None:
     """Claim trials from the API and train them."""
     from worker.loop import Worker
@@ -98,7 +106,7 @@ def worker(
             token=os.environ.get("GRIDSWEEP_TOKEN"),
             pack_size=pack_size,
             threads=threads,
-            exit_when=(lambda: True) if exit_when_idle else None,
+            idle_exit_seconds=exit_when_idle,
             cache_dir=get_settings().data_cache_dir,
             allow_tf32=get_settings().allow_tf32,
         )
