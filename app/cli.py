@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import click
-import uvicorn
 
 from app import cli_ci
 from app import cli_output as out
@@ -145,11 +144,12 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
 
         upgrade(settings.database_url)
     from app.api import create_app
+    from app.api.slow_clients import serve as serve_api
 
     # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
-    )
+    # Slow clients are cut off (header and body timeouts, a connection cap): app/api/slow_clients.py.
+    app = create_app(settings)
+    serve_api(app, settings, host=host, port=port, log_config=None, access_log=False, server_header=False)
 
 
 @main.command()

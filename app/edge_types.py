@@ -2,9 +2,9 @@
 
 * ``Text``: refused (422, at the field's path) when it holds a NUL byte or a lone surrogate.
   Every name, path and free text a client chooses is this type.
-* ``CleanText(limit)``: a worker's report (an error message) is never refused: NUL bytes and
-  lone surrogates become U+FFFD and it is cut to ``limit``, so a failure is always recorded.
-* ``JsonText``: the same refusal for every key and string inside a JSON value.
+* ``CleanText(limit)``: a worker's report (an error message, a device) is never refused: NUL
+  bytes and lone surrogates become U+FFFD and it is cut to ``limit``, so a failure is always
+  recorded. ``CleanJson`` does the same to every key and string inside a JSON value.
 * ``NotBool``: JSON's ``true``/``false`` where a number is expected is a 422, not 1 or 0.
 """
 
@@ -24,21 +24,13 @@ def _storable(value: str) -> str:
     return value
 
 
-def _storable_json(value: Any, where: str = "") -> Any:
-    """Refuse a JSON value holding a key or string that cannot be stored (the message names it)."""
+def _clean_json(value: Any) -> Any:
     if isinstance(value, str):
-        problem = text_problem(value)
-        if problem is not None:
-            raise ValueError(f"{where or 'the value'} {problem}")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            key = str(k)
-            if (problem := text_problem(key)) is not None:
-                raise ValueError(f"a key {problem}")
-            _storable_json(v, f"{where}.{key}" if where else key)
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _storable_json(v, f"{where}[{i}]")
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k) if isinstance(k, str) else k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
     return value
 
 
@@ -49,7 +41,7 @@ def _not_bool(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(_storable)]
-JsonText = AfterValidator(_storable_json)
+CleanJson = BeforeValidator(_clean_json)
 NotBool = BeforeValidator(_not_bool)
 
 

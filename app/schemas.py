@@ -7,7 +7,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.edge_types import CleanText, JsonText, NotBool, Text
+from app.edge_types import CleanJson, CleanText, NotBool, Text
 from app.spec import SweepSpec
 
 T = TypeVar("T")
@@ -228,12 +228,13 @@ class TrialOutcome(LeaseRef):
     status: Literal["succeeded", "failed", "diverged", "canceled"]
     metrics: dict[str, FiniteFloat | None] = {}
     epochs_done: Annotated[int, NotBool] | None = Field(None, ge=0, le=DB_INT_MAX)
+    # What the worker reports is cleaned, never refused: the outcome must be recorded.
     error: ErrorText | None = None
-    device: Text | None = Field(None, max_length=64)
+    device: CleanText(64) | None = None
     duration_seconds: FiniteFloat | None = Field(None, ge=0)
-    data_hash: Text | None = Field(None, max_length=64)
-    split: Annotated[dict[str, Any], JsonText] | None = None
-    versions: Annotated[dict[str, str | int | None], JsonText] | None = None
+    data_hash: CleanText(64) | None = None
+    split: Annotated[dict[str, Any], CleanJson] | None = None
+    versions: Annotated[dict[str, str | int | None], CleanJson] | None = None
 
 
 class CompleteRequest(BaseModel):

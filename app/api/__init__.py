@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+from app.api.slow_clients import BodyTimeoutMiddleware
 from app.config import Settings, get_settings
 from app.db import Database
 from app.metrics import Metrics
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db_outage = True  # no heartbeat could land before the API started
     app.state.metrics = Metrics(app.state.db, settings)
     app.state.head_revision = head_revision(settings.database_url)  # what /readyz expects
-    # Added innermost first: security headers wrap everything, auth runs last.
+    # Added innermost first: security headers wrap everything, auth runs last; a body that stops
+    # arriving is a 408 (app.api.slow_clients), one over the limit a 413.
     app.add_middleware(AuthMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_bytes=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
     )
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_seconds)
     app.add_middleware(SecurityHeadersMiddleware)
 
     install_error_handlers(app)

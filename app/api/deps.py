@@ -54,6 +54,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorRead, "description": "missing, invalid or revoked API token (auth on)"},
     403: {"model": ErrorRead, "description": "the token's scope does not allow this route"},
     404: {"model": ErrorRead, "description": "no such sweep, trial, worker or token"},
+    408: {"model": ErrorRead, "description": "the body stopped arriving (GRIDSWEEP_BODY_TIMEOUT_SECONDS)"},
     413: {"model": ErrorRead, "description": "request body over the configured limit"},
     503: {"model": ErrorRead, "description": "database unavailable: retry later"},
 }

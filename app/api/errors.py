@@ -81,7 +81,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     def _unstorable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("%s %s: unstorable input: %s", request.method, request.url.path, exc.__class__.__name__)
-        return JSONResponse({"detail": UNSTORABLE}, status_code=422)
+        detail = [{"loc": ["request"], "msg": UNSTORABLE, "type": "value_error"}]  # FastAPI's 422 shape
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(DataError)
     async def _data_error(request: Request, exc: DataError) -> JSONResponse:

@@ -12,7 +12,7 @@ from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, Se
 from app.auth import require
 from app.edge_types import Text
 from app.models import Dataset, Sweep, TokenScope
-from app.schemas import DB_INT_MAX, Page
+from app.schemas import DB_INT_MAX, ErrorRead, Page
 from app.schemas_datasets import DatasetDetail, DatasetRead
 from app.services import datasets as svc
 from app.tabular import TableError
@@ -65,7 +65,10 @@ def _dataset_or_404(session: Session, ref: str) -> Dataset:
     dependencies=[SUBMIT],
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
-    responses={200: {"description": "the same bytes were stored already"}, 409: {}, 413: {}, 422: {}},
+    responses={
+        200: {"model": DatasetRead, "description": "the same bytes were stored already"},
+        409: {"model": ErrorRead, "description": "the name is taken, or the same bytes were read otherwise"},
+    },
 )
 def upload_dataset(
     response: Response,
@@ -121,7 +124,12 @@ def get_dataset(ref: DatasetRef, session: ReadSessionDep) -> DatasetDetail:
     )
 
 
-@router.delete("/{ref}", dependencies=[SUBMIT], status_code=status.HTTP_204_NO_CONTENT, responses={409: {}})
+@router.delete(
+    "/{ref}",
+    dependencies=[SUBMIT],
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"model": ErrorRead, "description": "a sweep (or a rerun) is at work on the dataset"}},
+)
 def delete_dataset(ref: DatasetRef, session: SessionDep) -> Response:
     """Delete a dataset; refused (409) while a sweep is at work on it."""
     try:

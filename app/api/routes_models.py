@@ -103,6 +103,12 @@ def download_model(
 @router.post(
     "/trials/{trial_id}/rerun",
     dependencies=[SUBMIT],
+    responses={
+        409: {
+            "model": ErrorRead,
+            "description": "the trial has not ended, its sweep was canceled or its dataset deleted",
+        }
+    },
     status_code=status.HTTP_201_CREATED,
     response_model=TrialRead,
     tags=["trials"],
