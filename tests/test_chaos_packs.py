@@ -18,7 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from app.cli import main
+from app.reports import evaluate
 from tests.conftest import Server
 from tests.robust_helpers import FAST_LEASES, spec, sweep, wait_for
 
@@ -117,3 +120,8 @@ def test_a_trial_that_kills_its_worker_every_time_fails_alone(
     assert {(t["status"], t["attempt"]) for t in trials.values()} == {("succeeded", 1)}
     assert s["status"] == "succeeded" and s["best"] is not None
     assert f"ran out of attempts (worker lost or out of memory) and failed: {victim}" in s["error"]
+    # The CLI and the CI verdict say so too (the verdict still passes: the best config stands).
+    shown = CliRunner().invoke(main, ["status", str(sid), "--server", server.url])
+    assert shown.exit_code == 0 and "note: 1 search trial ran out of attempts" in shown.stdout, shown.output
+    verdict = evaluate(s, None, False, None)
+    assert verdict.code == 0 and "ran out of attempts" in verdict.message
