@@ -11,7 +11,9 @@ Two layers, so that a route nobody guarded is still closed:
   one line to guard.
 
 Scopes: ``read`` (GET), ``submit`` (read + create/cancel sweeps), ``worker`` (only the
-worker protocol), ``admin`` (everything, tokens included).
+worker protocol), ``admin`` (everything, tokens included). Worker tokens reach only the API
+(``/api/``, where every route checks its scope): the docs, the OpenAPI schema, the dashboard
+and its static files are for people (``reachable``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from app.services.tokens import Principal, needs_touch, touch_token, verify_toke
 # no secrets, and they tell nothing about sweeps.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_PREFIX = "/api/"
 # A browser cannot send an Authorization header with a page load: GETs may carry the
 # token in this cookie instead. Writes only with the dashboard's ``HX-Request`` header too,
 # which a cross-site form cannot set (and a cross-site fetch could only with CORS, never
@@ -46,6 +49,11 @@ GRANTS: dict[TokenScope, frozenset[TokenScope]] = {
 
 def allows(held: TokenScope, needed: TokenScope) -> bool:
     return needed in GRANTS[held]
+
+
+def reachable(scope: TokenScope, path: str) -> bool:
+    """Whether a token of ``scope`` may reach ``path`` at all (its route then checks the scope)."""
+    return scope != TokenScope.worker or path.startswith(API_PREFIX)
 
 
 def bearer_token(headers: Headers, method: str) -> str | None:

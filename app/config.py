@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         False, description="CUDA workers may use TF32 matmuls in fused packs (faster; ~1e-3 relative)."
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body; larger ones get 413.")
+    header_timeout_seconds: float = Field(
+        20.0, gt=0, description="Longest wait for a request's headers; then 408, connection closed."
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest pause while a request body arrives; then 408, connection closed."
+    )
+    max_connections: int = Field(
+        1000, gt=0, description="Open connections the API serves at once; past it, new requests get 503."
+    )
     auth: Literal["on", "off"] = Field(
         "off", description="Require API tokens (on) or not (off: only allowed on a loopback address)."
     )

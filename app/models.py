@@ -163,6 +163,9 @@ class Trial(Base):
     worker_id: Mapped[str | None] = mapped_column(ForeignKey("worker.id", ondelete="SET NULL"))
     device: Mapped[str | None] = mapped_column(String(64))
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    # The most trials it may be claimed with (None: any): halved each time a pack it was in is
+    # lost, so a trial that kills its worker ends up alone (app.services.trials.reap_expired).
+    max_pack: Mapped[int | None] = mapped_column(Integer)
     train_loss: Mapped[float | None] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
     val_error: Mapped[float | None] = mapped_column(Float)

@@ -7,12 +7,16 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.edge_types import CleanJson, CleanText, NotBool, Text
 from app.spec import SweepSpec
 
 T = TypeVar("T")
 # Metrics a worker reports: JSON has no NaN/inf, and a stored one would rank and render wrong
-# (the worker sends a non-finite value as null).
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# (the worker sends a non-finite value as null). A boolean is no metric.
+FiniteFloat = Annotated[float, NotBool, Field(allow_inf_nan=False)]
+# A worker's error text: cleaned and cut, never refused (the failure must be recorded).
+MAX_ERROR_CHARS = 20_000
+ErrorText = CleanText(MAX_ERROR_CHARS)
 
 # Ids, offsets and counts are INTEGER columns (32-bit on PostgreSQL): bigger is a 422, not a 500.
 DB_INT_MAX = 2**31 - 1
@@ -92,6 +96,9 @@ class TrialRead(BaseModel):
     params: dict[str, Any]
     status: str
     attempt: int
+    max_pack: int | None = Field(
+        None, description="claimed in packs of at most this many trials (set when a pack it was in was lost)"
+    )
     epochs_done: int
     train_loss: float | None
     val_loss: float | None
@@ -133,9 +140,9 @@ class TrialDetail(TrialRead):
 class WorkerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    hostname: str | None = Field(None, max_length=255)
-    device: str | None = Field(None, max_length=64)
+    name: Text = Field(min_length=1, max_length=200)
+    hostname: Text | None = Field(None, max_length=255)
+    device: Text | None = Field(None, max_length=64)
 
 
 class WorkerRead(BaseModel):
@@ -156,7 +163,7 @@ class WorkerRead(BaseModel):
 class ClaimRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_trials: int = Field(1, ge=1, le=1024)
+    max_trials: Annotated[int, NotBool] = Field(1, ge=1, le=1024)
 
 
 class ClaimedTrial(BaseModel):
@@ -186,8 +193,8 @@ class LeaseRef(BaseModel):
     # JSON has no NaN/inf (Python's parser takes them): refuse them rather than store them.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    trial_id: int = Field(ge=1, le=DB_INT_MAX)
-    lease_token: str = Field(min_length=1, max_length=64)
+    trial_id: Annotated[int, NotBool] = Field(ge=1, le=DB_INT_MAX)
+    lease_token: Text = Field(min_length=1, max_length=64)
 
 
 class LeasesRequest(BaseModel):
@@ -200,11 +207,11 @@ class ReleaseRequest(LeasesRequest):
     """``shutdown``: back to the queue, no attempt used; ``out_of_memory``: retried, the attempt counts."""
 
     reason: Literal["shutdown", "out_of_memory"] = "shutdown"
-    error: str | None = Field(None, max_length=20_000)
+    error: ErrorText | None = None
 
 
 class EpochReport(LeaseRef):
-    epoch: int = Field(ge=1, le=DB_INT_MAX)
+    epoch: Annotated[int, NotBool] = Field(ge=1, le=DB_INT_MAX)
     train_loss: FiniteFloat | None = None
     val_loss: FiniteFloat | None = None
     val_error: FiniteFloat | None = None
@@ -220,13 +227,14 @@ class EpochsRequest(BaseModel):
 class TrialOutcome(LeaseRef):
     status: Literal["succeeded", "failed", "diverged", "canceled"]
     metrics: dict[str, FiniteFloat | None] = {}
-    epochs_done: int | None = Field(None, ge=0, le=DB_INT_MAX)
-    error: str | None = Field(None, max_length=20_000)
-    device: str | None = Field(None, max_length=64)
-    duration_seconds: float | None = Field(None, ge=0)
-    data_hash: str | None = Field(None, max_length=64)
-    split: dict[str, Any] | None = None
-    versions: dict[str, str | int | None] | None = None
+    epochs_done: Annotated[int, NotBool] | None = Field(None, ge=0, le=DB_INT_MAX)
+    # What the worker reports is cleaned, never refused: the outcome must be recorded.
+    error: ErrorText | None = None
+    device: CleanText(64) | None = None
+    duration_seconds: FiniteFloat | None = Field(None, ge=0)
+    data_hash: CleanText(64) | None = None
+    split: Annotated[dict[str, Any], CleanJson] | None = None
+    versions: Annotated[dict[str, str | int | None], CleanJson] | None = None
 
 
 class CompleteRequest(BaseModel):
@@ -257,7 +265,7 @@ class LeaderboardEntry(BaseModel):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    name: Text = Field(min_length=1, max_length=200, pattern=r"\S")
     scope: Literal["read", "submit", "worker", "admin"]
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from app.edge_types import NotBool, Text
 from gridsweep.vocab import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
 
 # Axis order is the expansion order; seeds vary fastest.
@@ -73,8 +74,12 @@ def Axis(item: Any) -> Any:
     return Annotated[list[item], BeforeValidator(_as_axis), Field(min_length=1)]
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
-Width = Annotated[int, Field(gt=0, le=65_536)]
+# Upper bounds on every integer, so that no value is too large to store, train or even count.
+MAX_BATCH_SIZE = 1_000_000
+MAX_EPOCHS = 1_000_000  # the server's GRIDSWEEP_MAX_EPOCHS (default 10,000) is checked at submit
+MAX_SEED = 2**31 - 1
+Width = Annotated[int, NotBool, Field(gt=0, le=65_536)]
+Real = Annotated[float, NotBool, Field(allow_inf_nan=False)]
 
 
 class Parameters(BaseModel):
@@ -82,17 +87,17 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: Axis(Annotated[int, Field(ge=1, le=64)]) = [1]
+    layers: Axis(Annotated[int, NotBool, Field(ge=1, le=64)]) = [1]
     # A width for every hidden layer, or a per-layer list (which fixes the depth itself:
     # it is combined only with the matching `layers` value).
-    hidden_units: Axis(Width | Annotated[list[Width], Field(min_length=1)]) = [64]
+    hidden_units: Axis(Width | Annotated[list[Width], Field(min_length=1, max_length=64)]) = [64]
     activation: Axis(Literal[ACTIVATIONS]) = ["relu"]
-    learning_rate: Axis(Annotated[float, Field(gt=0, allow_inf_nan=False)]) = [0.01]
+    learning_rate: Axis(Annotated[Real, Field(gt=0)]) = [0.01]
     optimizer: Axis(Literal[OPTIMIZERS]) = ["adam"]
-    batch_size: Axis(PositiveInt) = [64]
-    epochs: Axis(PositiveInt) = [20]
-    dropout: Axis(Annotated[float, Field(ge=0, lt=1)]) = [0.0]
-    weight_decay: Axis(Annotated[float, Field(ge=0, allow_inf_nan=False)]) = [0.0]
+    batch_size: Axis(Annotated[int, NotBool, Field(gt=0, le=MAX_BATCH_SIZE)]) = [64]
+    epochs: Axis(Annotated[int, NotBool, Field(gt=0, le=MAX_EPOCHS)]) = [20]
+    dropout: Axis(Annotated[Real, Field(ge=0, lt=1)]) = [0.0]
+    weight_decay: Axis(Annotated[Real, Field(ge=0)]) = [0.0]
     loss: Axis(Literal["auto", "mse", "mae", "huber", "bce", "cross_entropy"]) = ["auto"]
 
     @field_validator("*")
@@ -114,7 +119,7 @@ class MetricSpec(BaseModel):
     name: Literal["val_loss", "val_error", "val_accuracy"] = "val_loss"
     goal: Literal["minimize", "maximize"] | None = None
     # Optional gate for CI: the best metric must be on the goal's side of it.
-    threshold: float | None = None
+    threshold: Real | None = None
 
     @model_validator(mode="after")
     def _default_goal(self) -> MetricSpec:
@@ -126,10 +131,10 @@ class MetricSpec(BaseModel):
 class SplitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    validation: float = Field(0.2, gt=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
+    validation: Real = Field(0.2, gt=0, lt=1)
+    test: Real = Field(0.2, gt=0, lt=1)
     # Bounded like trial seeds: the batch order is seeded from it (torch seeds are 64-bit).
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Annotated[int, NotBool] = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitSpec:
@@ -149,12 +154,14 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     # A built-in name, or an uploaded dataset's name or id (an integer is taken as the id).
-    dataset: Annotated[str, BeforeValidator(_id_as_str), Field(min_length=1, max_length=200)]
+    dataset: Annotated[Text, BeforeValidator(_id_as_str), Field(min_length=1, max_length=200)]
     metric: MetricSpec = MetricSpec()
     parameters: Parameters = Parameters()
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default=[0], min_length=1)
+    seeds: list[Annotated[int, NotBool, Field(ge=0, le=MAX_SEED)]] = Field(
+        default=[0], min_length=1, max_length=10_000
+    )
     split: SplitSpec = SplitSpec()
     refit: bool = False
 

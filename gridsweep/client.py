@@ -10,9 +10,17 @@ from typing import Any
 
 import httpx
 
+from gridsweep.text import clean_text
+
 log = logging.getLogger("gridsweep.worker")
 
 RETRY_STATUS = (502, 503, 504)
+MAX_ERROR_CHARS = 20_000  # the API keeps this much of an error text
+
+
+def clean_error(error: str | None) -> str | None:
+    """An error text the API can store (no NUL byte, no lone surrogate): a failure must be recorded."""
+    return None if error is None else clean_text(str(error), MAX_ERROR_CHARS)
 
 
 class ApiError(RuntimeError):
@@ -111,13 +119,14 @@ class ApiClient:
         return {int(k): v for k, v in r["states"].items()}
 
     def complete(self, worker_id: str, outcomes: list[dict[str, Any]]) -> dict[int, str]:
+        outcomes = [{**o, "error": clean_error(o["error"])} if o.get("error") else o for o in outcomes]
         r = self.request("POST", f"/api/v1/workers/{worker_id}/complete", {"outcomes": outcomes})
         return {int(k): v for k, v in r["states"].items()}
 
     def release(
         self, worker_id: str, leases: list[dict[str, Any]], reason: str = "shutdown", error: str | None = None
     ) -> dict[int, str]:
-        body = {"leases": leases, "reason": reason, "error": error}
+        body = {"leases": leases, "reason": reason, "error": clean_error(error)}
         r = self.request(
             "POST", f"/api/v1/workers/{worker_id}/release", body, retry_for=10.0, interruptible=False
         )

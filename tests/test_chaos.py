@@ -113,7 +113,9 @@ def test_chaos_sigkill_workers_nothing_lost_nothing_twice(
     assert all(recorded[t.id] == 1 for t in search)
     assert dup_epochs == 0 and not short_curves
     assert all(t.epochs_done == EPOCHS for t in search)
-    assert kills >= 3 and sum(n for a, n in attempts.items() if a > 1) >= 1  # the chaos did hit trials
+    # The chaos did hit trials: lost in a pack (requeued in smaller packs, no attempt used) or alone.
+    hit = [t for t in search if t.attempt > 1 or t.max_pack is not None]
+    assert kills >= 3 and hit
 
 
 def test_zombie_worker_late_writes_refused(

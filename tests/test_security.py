@@ -41,6 +41,11 @@ GRANTED = {
 }
 
 
+# Who may read the docs, the OpenAPI schema, the dashboard and its static files: any scope
+# but worker (worker tokens get only the worker protocol).
+PEOPLE = {"read", "submit", "admin"}
+
+
 def issue_rule(method: str, path: str) -> str | None:
     """The scope the issue asks for: read=GET, submit=create/cancel, worker=protocol, admin=tokens."""
     if path in PUBLIC_PATHS:
@@ -139,8 +144,8 @@ def test_authz_matrix_every_route(secured: tuple[Server, dict[str, str], str]) -
             assert issue_rule(method, template) in needed, f"{method} {template} needs {needed}"
         elif template in PUBLIC_PATHS:
             needed = None
-        else:  # docs, schema, mounts: closed by the middleware to anyone without a valid token
-            needed = {"any"}
+        else:  # docs, schema, mounts: for people with a valid token, never for worker tokens
+            needed = PEOPLE
         for who, headers in callers.items():
             # A body that fails validation: a permitted write is refused (422), never carried out.
             kw = {"json": {"__probe__": True}} if method in ("POST", "PUT", "PATCH") else {}
@@ -152,7 +157,7 @@ def test_authz_matrix_every_route(secured: tuple[Server, dict[str, str], str]) -
             elif who in ("none", "bad", "malformed", "revoked"):
                 allowed = False
             else:
-                allowed = "any" in needed or bool(needed & GRANTED[who])
+                allowed = bool(needed & GRANTED[who])
             seen["2xx" if ok else str(r.status_code)] += 1
             if not allowed and r.status_code not in (401, 403):
                 problems.append(f"{who}: {method} {path} -> {r.status_code} (expected 401/403)")
@@ -162,6 +167,15 @@ def test_authz_matrix_every_route(secured: tuple[Server, dict[str, str], str]) -
                 problems.append(f"{who}: {method} {path} -> {r.status_code}")
     print(f"\nauthz matrix: {len(endpoints)} endpoints x {len(callers)} callers; statuses {dict(seen)}")
     assert not problems, "\n".join(problems)
+    # The schema, the docs and static files by name: readers get them, worker tokens do not.
+    for path in ("/openapi.json", "/docs", "/static/dashboard.css", "/docs/static/swagger-ui.css", "/"):
+        for who in ("read", "admin"):
+            r = http.get(path, headers=callers[who])
+            assert r.status_code == 200, f"{who}: GET {path} -> {r.status_code}"
+        r = http.get(path, headers=callers["worker"])
+        assert r.status_code == 403 and "worker protocol only" in r.text, (
+            f"worker: GET {path} -> {r.status_code}"
+        )
     # Revocation is immediate (no cache between the token table and the check).
     assert httpx.get(server.url + "/api/v1/sweeps", headers=callers["revoked"]).status_code == 401
     admin.close()

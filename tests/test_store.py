@@ -383,7 +383,8 @@ def test_the_reaper_requeues_then_fails_after_max_attempts(database: Database, s
     assert got.status == "failed" and got.finished_at is not None
     assert got.error == "worker lost: lease expired on attempt 2 of 2"
     sweep = get_sweep(database, sid)
-    assert (sweep.status, sweep.error) == ("failed", "no trial succeeded")
+    lost = f"1 search trial ran out of attempts (worker lost or out of memory) and failed: {t.id}"
+    assert (sweep.status, sweep.error) == ("failed", f"no trial succeeded; {lost}")
 
 
 def test_a_claim_takes_at_most_max_trials_of_one_pack(database: Database, settings: Settings) -> None:

@@ -1,23 +1,16 @@
-"""The FastAPI application: routers, error handlers and the lease reaper."""
+"""The FastAPI application: middleware, routers, error handlers (``app.api.errors``), the lease reaper."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.api import (
     routes_datasets,
@@ -29,12 +22,14 @@ from app.api import (
     routes_tokens,
     routes_workers,
 )
+from app.api.errors import install_error_handlers
 from app.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     RequestMiddleware,
     SecurityHeadersMiddleware,
 )
+from app.api.slow_clients import BodyTimeoutMiddleware
 from app.config import Settings, get_settings
 from app.dashboard import STATIC_DIR
 from app.dashboard import routes as dashboard_routes
@@ -42,7 +37,6 @@ from app.db import Database
 from app.metrics import Metrics
 from app.migrate import head_revision
 from app.services.trials import extend_running_leases, reap_expired
-from app.spec import SpecError
 from gridsweep import __version__
 
 log = logging.getLogger("gridsweep.api")
@@ -81,17 +75,6 @@ async def _reaper(app: FastAPI) -> None:
             log.warning("reaper round failed: %s", exc.__class__.__name__)
 
 
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats as strings: JSON has no NaN or Infinity."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     task = asyncio.create_task(_reaper(app))
@@ -114,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db_outage = True  # no heartbeat could land before the API started
     app.state.metrics = Metrics(app.state.db, settings)
     app.state.head_revision = head_revision(settings.database_url)  # what /readyz expects
-    # Added innermost first: security headers wrap everything, auth runs last.
+    # Added innermost first: security headers wrap everything, auth runs last; a body that stops
+    # arriving is a 408 (app.api.slow_clients), one over the limit a 413.
     app.add_middleware(AuthMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -122,36 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_bytes=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
     )
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_seconds)
     app.add_middleware(SecurityHeadersMiddleware)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad `input`; a NaN or Infinity there (Python's
-        # JSON parser accepts them) cannot be rendered and turned the 422 into a 500.
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
-
-    @app.exception_handler(SpecError)
-    async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
-        detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": "value_error"} for e in exc.errors]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    def _unavailable(exc: Exception) -> JSONResponse:
-        # A database we cannot reach is a temporary condition, not a server bug: 503 + retry.
-        app.state.db_outage = True
-        log.warning("database unavailable: %s", exc.__class__.__name__)
-        return JSONResponse(
-            {"detail": "database unavailable, retry later"}, status_code=503, headers={"Retry-After": "1"}
-        )
-
-    @app.exception_handler(DBAPIError)
-    async def _db_down(_: Request, exc: DBAPIError) -> JSONResponse:
-        if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
-            raise exc
-        return _unavailable(exc)
-
-    @app.exception_handler(PoolTimeout)
-    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
-        return _unavailable(exc)
+    install_error_handlers(app)
 
     # Outermost: request ids, one log line and the HTTP metrics for every answer (401/413 too).
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics)

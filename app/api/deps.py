@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
+from app.edge_types import Text
 from app.schemas import ErrorRead
 
 
@@ -36,6 +37,8 @@ def get_read_session(request: Request) -> Iterator[Session]:
 # Ids are 32-bit INTEGER columns (PostgreSQL int4): a larger one is no row, not a driver error.
 MAX_ID = 2**31 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+# A worker id (a UUID); text a database cannot store is a 422 naming the path parameter.
+WorkerIdPath = Annotated[Text, Path(max_length=200)]
 
 # scope="function": the transaction commits before the response is sent. FastAPI's default
 # ("request") commits after it, so a client could read before its own write had landed, and a
@@ -51,6 +54,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorRead, "description": "missing, invalid or revoked API token (auth on)"},
     403: {"model": ErrorRead, "description": "the token's scope does not allow this route"},
     404: {"model": ErrorRead, "description": "no such sweep, trial, worker or token"},
+    408: {"model": ErrorRead, "description": "the body stopped arriving (GRIDSWEEP_BODY_TIMEOUT_SECONDS)"},
     413: {"model": ErrorRead, "description": "request body over the configured limit"},
     503: {"model": ErrorRead, "description": "database unavailable: retry later"},
 }

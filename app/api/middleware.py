@@ -26,7 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth import PUBLIC_PATHS, authenticate, bearer_token
+from app.auth import PUBLIC_PATHS, authenticate, bearer_token, reachable
 from app.metrics import UNMATCHED_ROUTE, Metrics
 from gridsweep import logs
 
@@ -263,6 +263,10 @@ class AuthMiddleware:
             await send_json(
                 send, 401, {"detail": "missing, invalid or revoked API token"}, {"www-authenticate": "Bearer"}
             )
+            return
+        if not reachable(principal.scope, scope["path"]):
+            detail = f"token {principal.name!r} has scope {principal.scope.value!r}: the worker protocol only"
+            await send_json(send, 403, {"detail": detail})
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

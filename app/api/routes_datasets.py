@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.auth import require
+from app.edge_types import Text
 from app.models import Dataset, Sweep, TokenScope
-from app.schemas import DB_INT_MAX, Page
+from app.schemas import DB_INT_MAX, ErrorRead, Page
 from app.schemas_datasets import DatasetDetail, DatasetRead
 from app.services import datasets as svc
 from app.tabular import TableError
@@ -22,6 +23,7 @@ SUBMIT = require(write=TokenScope.submit)
 WORKER_DATA = require(write=TokenScope.submit, read=(TokenScope.read, TokenScope.worker))
 
 DATA_HASH_HEADER = "X-Gridsweep-Data-Hash"
+DatasetRef = Annotated[Text, Path(max_length=200, description="the dataset's id or name")]
 
 
 def errors_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,17 +65,20 @@ def _dataset_or_404(session: Session, ref: str) -> Dataset:
     dependencies=[SUBMIT],
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
-    responses={200: {"description": "the same bytes were stored already"}, 409: {}, 413: {}, 422: {}},
+    responses={
+        200: {"model": DatasetRead, "description": "the same bytes were stored already"},
+        409: {"model": ErrorRead, "description": "the name is taken, or the same bytes were read otherwise"},
+    },
 )
 def upload_dataset(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a CSV or Parquet file with a header row")],
-    target: Annotated[str, Form(min_length=1, max_length=200, description="the column to predict")],
+    target: Annotated[Text, Form(min_length=1, max_length=200, description="the column to predict")],
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
-    name: Annotated[str | None, Form(max_length=200)] = None,
-    categorical: Annotated[list[str] | None, Form(description="feature columns to one-hot encode")] = None,
+    name: Annotated[Text | None, Form(max_length=200)] = None,
+    categorical: Annotated[list[Text] | None, Form(description="feature columns to one-hot encode")] = None,
     drop_missing: Annotated[bool, Form(description="drop rows with missing or infinite values")] = False,
 ) -> DatasetRead:
     """Upload a CSV or Parquet table; the same bytes are stored once (200 instead of 201)."""
@@ -104,7 +109,7 @@ def list_datasets(
 
 
 @router.get("/{ref}", dependencies=[SUBMIT], response_model=DatasetDetail)
-def get_dataset(ref: str, session: ReadSessionDep) -> DatasetDetail:
+def get_dataset(ref: DatasetRef, session: ReadSessionDep) -> DatasetDetail:
     """One dataset (by id or name) with its schema, statistics and the sweeps that use it."""
     ds = _dataset_or_404(session, ref)
     sweep_ids = session.scalars(select(Sweep.id).where(Sweep.dataset_id == ds.id).order_by(Sweep.id)).all()
@@ -119,8 +124,13 @@ def get_dataset(ref: str, session: ReadSessionDep) -> DatasetDetail:
     )
 
 
-@router.delete("/{ref}", dependencies=[SUBMIT], status_code=status.HTTP_204_NO_CONTENT, responses={409: {}})
-def delete_dataset(ref: str, session: SessionDep) -> Response:
+@router.delete(
+    "/{ref}",
+    dependencies=[SUBMIT],
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"model": ErrorRead, "description": "a sweep (or a rerun) is at work on the dataset"}},
+)
+def delete_dataset(ref: DatasetRef, session: SessionDep) -> Response:
     """Delete a dataset; refused (409) while a sweep is at work on it."""
     try:
         svc.delete_dataset(session, _dataset_or_404(session, ref))

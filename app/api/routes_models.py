@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 from sqlalchemy import select
 
-from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, IdPath, ReadSessionDep, SessionDep, SettingsDep, WorkerIdPath
 from app.api.routes_datasets import read_limited
 from app.auth import require
+from app.edge_types import Text
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import ErrorRead, TrialRead
 from app.schemas_datasets import ModelArtifactRead
@@ -33,11 +34,11 @@ Format = Literal["state_dict", "torchscript"]
     tags=["workers"],
 )
 def upload_model(
-    worker_id: str,
+    worker_id: WorkerIdPath,
     trial_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
-    lease_token: Annotated[str, Form(min_length=1, max_length=64)],
+    lease_token: Annotated[Text, Form(min_length=1, max_length=64)],
     kind: Annotated[Kind, Form()],
     state_dict: Annotated[UploadFile, File()],
     torchscript: Annotated[UploadFile | None, File()] = None,
@@ -102,6 +103,12 @@ def download_model(
 @router.post(
     "/trials/{trial_id}/rerun",
     dependencies=[SUBMIT],
+    responses={
+        409: {
+            "model": ErrorRead,
+            "description": "the trial has not ended, its sweep was canceled or its dataset deleted",
+        }
+    },
     status_code=status.HTTP_201_CREATED,
     response_model=TrialRead,
     tags=["trials"],

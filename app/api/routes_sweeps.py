@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import ERROR_RESPONSES, MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
 from app.auth import PrincipalDep, require
+from app.edge_types import Text
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
     BestRead,
@@ -37,7 +38,7 @@ router = APIRouter(
 Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 IdempotencyKey = Annotated[
-    str | None,
+    Text | None,
     Header(min_length=1, max_length=255, description="the same key and body return the first answer"),
 ]
 

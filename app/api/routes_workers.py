@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep, WorkerIdPath
 from app.auth import require
 from app.models import Sweep, TokenScope, Trial, TrialStatus, Worker
 from app.schemas import (
@@ -81,7 +81,9 @@ def list_workers(session: ReadSessionDep) -> list[WorkerRead]:
 
 
 @router.post("/{worker_id}/claim", response_model=ClaimResponse)
-def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: SettingsDep) -> ClaimResponse:
+def claim(
+    worker_id: WorkerIdPath, body: ClaimRequest, session: SessionDep, settings: SettingsDep
+) -> ClaimResponse:
     """Claim up to ``max_trials`` compatible queued trials under one lease."""
     worker = _worker_or_404(session, worker_id)
     trials = trial_service.claim(session, worker, body.max_trials, settings.lease_seconds)
@@ -111,7 +113,9 @@ def claim(worker_id: str, body: ClaimRequest, session: SessionDep, settings: Set
 
 
 @router.post("/{worker_id}/heartbeat", response_model=LeaseStates)
-def heartbeat(worker_id: str, body: LeasesRequest, session: SessionDep, settings: SettingsDep) -> LeaseStates:
+def heartbeat(
+    worker_id: WorkerIdPath, body: LeasesRequest, session: SessionDep, settings: SettingsDep
+) -> LeaseStates:
     """Extend the leases the worker still holds."""
     worker = _worker_or_404(session, worker_id)
     return LeaseStates(states=trial_service.heartbeat(session, worker, _leases(body), settings.lease_seconds))
@@ -119,7 +123,7 @@ def heartbeat(worker_id: str, body: LeasesRequest, session: SessionDep, settings
 
 @router.post("/{worker_id}/epochs", response_model=LeaseStates)
 def report_epochs(
-    worker_id: str, body: EpochsRequest, session: SessionDep, settings: SettingsDep
+    worker_id: WorkerIdPath, body: EpochsRequest, session: SessionDep, settings: SettingsDep
 ) -> LeaseStates:
     """Record per-epoch metrics (idempotent per trial, attempt and epoch)."""
     _worker_or_404(session, worker_id)
@@ -128,7 +132,7 @@ def report_epochs(
 
 
 @router.post("/{worker_id}/complete", response_model=LeaseStates)
-def complete(worker_id: str, body: CompleteRequest, session: SessionDep) -> LeaseStates:
+def complete(worker_id: WorkerIdPath, body: CompleteRequest, session: SessionDep) -> LeaseStates:
     """End trials with their outcome (fenced by the lease token)."""
     _worker_or_404(session, worker_id)
     states = trial_service.complete(session, [o.model_dump() for o in body.outcomes])
@@ -139,7 +143,7 @@ def complete(worker_id: str, body: CompleteRequest, session: SessionDep) -> Leas
 
 
 @router.post("/{worker_id}/release", response_model=LeaseStates)
-def release(worker_id: str, body: ReleaseRequest, session: SessionDep) -> LeaseStates:
+def release(worker_id: WorkerIdPath, body: ReleaseRequest, session: SessionDep) -> LeaseStates:
     """Give trials back to the queue (stopping: no attempt used; out of memory: it counts)."""
     _worker_or_404(session, worker_id)
     reason = trial_service.ReleaseReason(body.reason)

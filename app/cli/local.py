@@ -56,10 +56,16 @@ class ThreadServer:
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
         from app.api import create_app  # here: client-only commands need not import the API
+        from app.api.slow_clients import server_config
 
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(
-            create_app(settings), host=self.host, port=self.port, log_level="warning", access_log=False
+        config = server_config(
+            create_app(settings),
+            settings,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)

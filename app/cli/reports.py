@@ -86,15 +86,17 @@ def evaluate(sweep: dict[str, Any], gate: Gate | None, timed_out: bool, timeout:
     value = best_value(sweep)
     if value is None:
         return Verdict(EXIT_MISSED, "failed", f"sweep {sid} {sweep['status']} without a best config")
+    # A succeeded sweep may still have given up on trials (out of attempts): say so.
+    note = f" (note: {sweep['error']})" if sweep.get("error") else ""
     if gate is None:
         return Verdict(
-            EXIT_OK, "succeeded", f"sweep {sid} succeeded (no gate), best {_metric(sweep)} {value:.6g}"
+            EXIT_OK, "succeeded", f"sweep {sid} succeeded (no gate), best {_metric(sweep)} {value:.6g}{note}"
         )
     met, why = gate.check(value)
     return Verdict(
         EXIT_OK if met else EXIT_MISSED,
         "met" if met else "missed",
-        f"gate {'met' if met else 'missed'}: {why}",
+        f"gate {'met' if met else 'missed'}: {why}{note}",
     )
 
 

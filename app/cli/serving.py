@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import click
-import uvicorn
 
 from app.cli.api import Unreachable
 from app.cli.local import gridsweep_cmd, local_threads, spawn, stop_all, wait_healthy
@@ -60,11 +59,12 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
 
         upgrade(settings.database_url)
     from app.api import create_app
+    from app.api.slow_clients import serve as serve_api
 
     # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
-    )
+    # Slow clients are cut off (header and body timeouts, a connection cap): app/api/slow_clients.py.
+    app = create_app(settings)
+    serve_api(app, settings, host=host, port=port, log_config=None, access_log=False, server_header=False)
 
 
 @click.command()

@@ -105,6 +105,8 @@ def status(sweep_id: int, server: str, as_json: bool) -> None:
     else:
         click.echo(out.progress_line(sweep))
         click.echo("  " + ", ".join(f"{k} {v}" for k, v in sweep["counts"].items() if v))
+        if sweep.get("error"):  # a failed sweep's reason, or what a succeeded one gave up on
+            click.echo(f"  note: {sweep['error']}")
 
 
 @click.command()

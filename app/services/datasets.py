@@ -54,7 +54,7 @@ def default_name(filename: str | None) -> str:
 
 
 def check_name(name: str) -> None:
-    if not NAME_RE.match(name) or name.isdigit() or name in BUILTIN_DATASETS:
+    if not NAME_RE.fullmatch(name) or name.isdigit() or name in BUILTIN_DATASETS:
         raise TableError(
             [
                 {

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -22,6 +22,7 @@ from app.models import (
     TrialStatus,
 )
 from app.services.datasets import check_builtin_split, check_split, find_dataset
+from app.services.leases import LOST_PREFIX, OUT_OF_MEMORY_PREFIX
 from app.spec import DataFacts, SpecError, SweepSpec, expand, validate_spec
 from gridsweep.datasets import BUILTIN_DATASETS
 
@@ -221,6 +222,28 @@ def _refit_pack_key(pack_key: str) -> str:
     return hashlib.sha256(f"{pack_key}:refit".encode()).hexdigest()[:32]
 
 
+def exhausted_note(session: Session, sweep_id: int) -> str | None:
+    """Which search trials failed because they ran out of attempts (worker lost, out of memory)."""
+    ids = session.scalars(
+        select(Trial.id)
+        .where(
+            Trial.sweep_id == sweep_id,
+            Trial.role == TrialRole.search,
+            Trial.status == TrialStatus.failed,
+            or_(Trial.error.startswith(LOST_PREFIX), Trial.error.startswith(OUT_OF_MEMORY_PREFIX)),
+        )
+        .order_by(Trial.id)
+    ).all()
+    if not ids:
+        return None
+    shown = ", ".join(str(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    n = len(ids)
+    return (
+        f"{n} search trial{'s' if n > 1 else ''} ran out of attempts (worker lost or out of memory) "
+        f"and failed: {shown}"
+    )
+
+
 def finalize_if_done(session: Session, sweep_id: int) -> None:
     """Move a sweep on once its trials are done: queue the test evaluation, then finish.
 
@@ -247,7 +270,7 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
         ranked = leaderboard(session, sweep, limit=1)
         if not ranked:
             sweep.status = SweepStatus.failed
-            sweep.error = "no trial succeeded"
+            sweep.error = "; ".join(filter(None, ["no trial succeeded", exhausted_note(session, sweep_id)]))
             sweep.finished_at = now
             return
         best = ranked[0]
@@ -294,6 +317,9 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
             label = "test evaluation" if role == TrialRole.final else "refit"
             errors.append(f"{label} failed: " + "; ".join(f"seed {t.seed}: {t.error}" for t in bad))
         missing = missing or bool(of_role and not ok)
+    # Succeeded, but not plainly: say which trials of the grid were given up on.
+    if (note := exhausted_note(session, sweep_id)) is not None:
+        errors.insert(0, f"{note} (the best config is the best of the others)")
     if errors:
         sweep.error = "; ".join(errors)
     # The sweep promised a held-out test score of its best config (and a refit when asked): with

@@ -1,4 +1,4 @@
-"""The trial lifecycle: claim, heartbeat, report, complete, release, reap.
+"""The trial lifecycle: claim, heartbeat, report, complete (release and reap: ``requeue``).
 
 A claim is one short transaction that selects, locks and marks queued trials
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite). It
@@ -11,31 +11,34 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import db_now, for_update_skip_locked, insert_ignore
 from app.models import Sweep, SweepStatus, Trial, TrialEpoch, TrialStatus, Worker, WorkerStatus
+from app.services.leases import FINAL_COLUMNS, Lease, LeaseState, canceled_sweeps, clear_metrics
+from app.services.leases import held as _held
+from app.services.requeue import ReleaseReason, extend_running_leases, reap_expired, release
 from app.services.sweeps import TEST_ROLES, finalize_if_done
 
+__all__ = [  # release and reaping live in app.services.requeue; callers may use either module
+    "Lease",
+    "LeaseState",
+    "ReleaseReason",
+    "claim",
+    "complete",
+    "extend_running_leases",
+    "heartbeat",
+    "reap_expired",
+    "register_worker",
+    "release",
+    "report_epochs",
+]
+
 CLAIM_ORDER = (Trial.priority, Trial.sweep_id, Trial.config_index, Trial.seed, Trial.id)
-
-
-class LeaseState(StrEnum):
-    ok = "ok"  # carry on
-    cancel = "cancel"  # the sweep was canceled: stop and report the trial canceled
-    lost = "lost"  # the lease is gone (expired and reclaimed): drop the trial, write nothing
-
-
-@dataclass(frozen=True)
-class Lease:
-    trial_id: int
-    lease_token: str
 
 
 def register_worker(session: Session, name: str, hostname: str | None, device: str | None) -> Worker:
@@ -53,13 +56,17 @@ def register_worker(session: Session, name: str, hostname: str | None, device: s
 
 
 def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: float) -> list[Trial]:
-    """Claim up to ``max_trials`` queued trials of one pack (same sweep, same pack key)."""
+    """Claim up to ``max_trials`` queued trials of one pack (same sweep, same pack key).
+
+    No trial is claimed in a pack larger than its ``max_pack`` (set when a pack it was in was
+    lost): the head of the queue caps the pack, and only trials that allow that size join it.
+    """
     now = db_now(session)
     worker.last_heartbeat_at = now
     worker.status = WorkerStatus.online
     lock = for_update_skip_locked(session)
     head = session.execute(
-        select(Trial.id, Trial.sweep_id, Trial.pack_key)
+        select(Trial.id, Trial.sweep_id, Trial.pack_key, Trial.max_pack)
         .where(Trial.status == TrialStatus.queued)
         .order_by(*CLAIM_ORDER)
         .limit(1)
@@ -67,6 +74,7 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     ).first()
     if head is None:
         return []
+    size = min(max_trials, head.max_pack or max_trials)
     # Pick and lock the ids in a statement of their own. As a subquery of the UPDATE,
     # PostgreSQL may rescan it per row: each rescan skips the rows the UPDATE has just
     # changed and takes the next ones, so LIMIT stops limiting and one claim takes the pack.
@@ -76,9 +84,10 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
             Trial.status == TrialStatus.queued,
             Trial.sweep_id == head.sweep_id,
             Trial.pack_key == head.pack_key,
+            or_(Trial.max_pack.is_(None), Trial.max_pack >= size),
         )
         .order_by(*CLAIM_ORDER)
-        .limit(max_trials)
+        .limit(size)
         .with_for_update(**lock)
     ).all()
     token = secrets.token_hex(16)
@@ -107,28 +116,6 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     return sorted(trials, key=lambda t: (t.priority, t.config_index, t.seed, t.id))
 
 
-def _held(session: Session, leases: list[Lease]) -> dict[int, Trial]:
-    """The trials among ``leases`` whose token is still current (row-locked)."""
-    if not leases:
-        return {}
-    tokens = {lease.trial_id: lease.lease_token for lease in leases}
-    rows = session.scalars(
-        select(Trial).where(Trial.id.in_(tokens), Trial.status == TrialStatus.running).with_for_update()
-    ).all()
-    return {t.id: t for t in rows if t.lease_token is not None and t.lease_token == tokens[t.id]}
-
-
-def _canceled_sweeps(session: Session, trials: list[Trial]) -> set[int]:
-    sweep_ids = {t.sweep_id for t in trials}
-    if not sweep_ids:
-        return set()
-    return set(
-        session.scalars(
-            select(Sweep.id).where(Sweep.id.in_(sweep_ids), Sweep.status == SweepStatus.canceled)
-        ).all()
-    )
-
-
 def heartbeat(
     session: Session, worker: Worker, leases: list[Lease], lease_seconds: float
 ) -> dict[int, LeaseState]:
@@ -137,7 +124,7 @@ def heartbeat(
     worker.last_heartbeat_at = now
     worker.status = WorkerStatus.online
     held = _held(session, leases)
-    canceled = _canceled_sweeps(session, list(held.values()))
+    canceled = canceled_sweeps(session, list(held.values()))
     for t in held.values():
         t.lease_expires_at = now + timedelta(seconds=lease_seconds)
     return {
@@ -158,7 +145,7 @@ def report_epochs(
     """Record per-epoch metrics (once per trial, attempt and epoch) and extend the leases."""
     now = db_now(session)
     held = _held(session, [Lease(r["trial_id"], r["lease_token"]) for r in reports])
-    canceled = _canceled_sweeps(session, list(held.values()))
+    canceled = canceled_sweeps(session, list(held.values()))
     states: dict[int, LeaseState] = {}
     rows = []
     for r in reports:
@@ -189,15 +176,6 @@ def report_epochs(
     return states
 
 
-FINAL_COLUMNS = (
-    "train_loss",
-    "val_loss",
-    "val_error",
-    "val_accuracy",
-    "test_loss",
-    "test_error",
-    "test_accuracy",
-)
 OUTCOMES = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
 
 
@@ -213,6 +191,8 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
             states[o["trial_id"]] = LeaseState.lost
             continue
         t.status = TrialStatus(o["status"])
+        if t.status == TrialStatus.failed:  # an unfinished attempt's numbers would rank and sort
+            clear_metrics(t)
         metrics = o.get("metrics") or {}
         for col in FINAL_COLUMNS:
             # Test numbers only for the final and refit trials: nobody can pick a config by test.
@@ -235,100 +215,6 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
     for sweep_id in sorted(touched):
         finalize_if_done(session, sweep_id)
     return states
-
-
-class ReleaseReason(StrEnum):
-    shutdown = "shutdown"  # the worker is stopping: back to the queue, no attempt used
-    out_of_memory = "out_of_memory"  # retried (elsewhere or smaller), but the attempt counts
-
-
-def release(
-    session: Session,
-    leases: list[Lease],
-    reason: ReleaseReason = ReleaseReason.shutdown,
-    error: str | None = None,
-) -> dict[int, LeaseState]:
-    """Give trials back to the queue (fenced by the lease token).
-
-    A shutdown does not use up an attempt; out of memory does, so a trial that cannot fit
-    anywhere ends ``failed`` after ``max_attempts`` instead of bouncing forever.
-    """
-    now = db_now(session)
-    held = _held(session, leases)
-    finished: set[int] = set()
-    for t in held.values():
-        t.lease_token = None
-        t.lease_expires_at = None
-        t.worker_id = None
-        t.started_at = None
-        if reason == ReleaseReason.shutdown:
-            # The attempt is handed back, so its epoch rows go too: the rerun reuses its number.
-            session.execute(
-                delete(TrialEpoch).where(TrialEpoch.trial_id == t.id, TrialEpoch.attempt == t.attempt)
-            )
-            t.status = TrialStatus.queued
-            t.attempt = max(0, t.attempt - 1)
-            t.epochs_done = 0
-            continue
-        why = f"out of memory on attempt {t.attempt} of {t.max_attempts}" + (f": {error}" if error else "")
-        t.error = why[:20_000]
-        if t.attempt >= t.max_attempts:
-            t.status = TrialStatus.failed
-            t.finished_at = now
-            finished.add(t.sweep_id)
-        else:
-            t.status = TrialStatus.queued
-    session.flush()
-    for sweep_id in sorted(finished):
-        finalize_if_done(session, sweep_id)
-    return {lease.trial_id: LeaseState.ok if lease.trial_id in held else LeaseState.lost for lease in leases}
-
-
-def reap_expired(session: Session) -> int:
-    """Requeue trials whose lease expired; fail those out of attempts. Returns the count."""
-    now = db_now(session)
-    expired = session.scalars(
-        select(Trial)
-        .where(Trial.status == TrialStatus.running, Trial.lease_expires_at < now)
-        .order_by(Trial.id)
-        .with_for_update(**for_update_skip_locked(session))
-    ).all()
-    failed_sweeps: set[int] = set()
-    for t in expired:
-        t.lease_token = None
-        t.lease_expires_at = None
-        t.worker_id = None
-        if t.attempt >= t.max_attempts:
-            t.status = TrialStatus.failed
-            t.error = f"worker lost: lease expired on attempt {t.attempt} of {t.max_attempts}"
-            t.finished_at = now
-            failed_sweeps.add(t.sweep_id)
-        else:
-            t.status = TrialStatus.queued
-    session.flush()
-    for sweep_id in sorted(failed_sweeps):
-        finalize_if_done(session, sweep_id)
-    return len(expired)
-
-
-def extend_running_leases(session: Session, lease_seconds: float) -> int:
-    """Give every running trial a fresh lease; returns how many were extended.
-
-    Called once after the API could not reach the database (or has just started): the
-    workers' heartbeats could not land meanwhile, so an expired lease then says nothing
-    about its worker. A worker that is really gone is reaped one lease later.
-    """
-    now = db_now(session)
-    result = session.execute(
-        update(Trial)
-        .where(
-            Trial.status == TrialStatus.running,
-            Trial.lease_expires_at < now + timedelta(seconds=lease_seconds),
-        )
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount or 0
 
 
 def count_online_workers(session: Session, within_seconds: float) -> int:
