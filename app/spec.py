@@ -144,17 +144,44 @@ def _id_as_str(v: Any) -> Any:
     return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+def _as_list(v: Any) -> Any:
+    """A scalar where a list is expected is a list of one (``seeds: 0``)."""
+    return v if isinstance(v, list | tuple) else [v]
+
+
+def _metric_name(v: Any) -> Any:
+    """``metric: val_accuracy`` is short for ``metric: {name: val_accuracy}``."""
+    return {"name": v} if isinstance(v, str) else v
+
+
+# Search methods: the W&B spelling is accepted; only the grid is implemented.
+METHODS = ("grid",)
+
+
+def _grid_only(v: Any) -> Any:
+    if isinstance(v, str) and v not in METHODS:
+        raise ValueError(
+            f"method {v!r} is not supported: the only search method is grid (every combination of the values)"
+        )
+    return v
+
+
 class SweepSpec(BaseModel):
     """A grid search: what to train on, the grid, the seeds and the split."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    # Optional: the CLI and the Python client name a spec after its file; the API names a
+    # nameless sweep ``<dataset>-<id>``.
+    name: str | None = Field(None, min_length=1, max_length=200)
     # A built-in name, or an uploaded dataset's name or id (an integer is taken as the id).
     dataset: Annotated[str, BeforeValidator(_id_as_str), Field(min_length=1, max_length=200)]
-    metric: MetricSpec = MetricSpec()
+    method: Annotated[Literal[METHODS], BeforeValidator(_grid_only)] = "grid"  # type: ignore[valid-type]
+    metric: Annotated[MetricSpec, BeforeValidator(_metric_name)] = MetricSpec()
     parameters: Parameters = Parameters()
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default=[0], min_length=1)
+    seeds: Annotated[
+        list[Annotated[int, Field(ge=0, le=2**31 - 1)]], BeforeValidator(_as_list), Field(min_length=1)
+    ] = [0]
     split: SplitSpec = SplitSpec()
     refit: bool = False
 

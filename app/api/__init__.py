@@ -42,7 +42,8 @@ from app.db import Database
 from app.metrics import Metrics
 from app.migrate import head_revision
 from app.services.trials import extend_running_leases, reap_expired
-from app.spec import SpecError
+from app.spec import SpecError, SweepSpec
+from app.spec_errors import plain_errors
 from gridsweep import __version__
 
 log = logging.getLogger("gridsweep.api")
@@ -125,10 +126,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad `input`; a NaN or Infinity there (Python's
-        # JSON parser accepts them) cannot be rendered and turned the 422 into a 500.
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # In plain words (app.spec_errors), with no echo of the bad `input`: a NaN or Infinity
+        # there (Python's JSON parser accepts them) could not be rendered and made a 500.
+        spec = request.method == "POST" and request.url.path == "/api/v1/sweeps"
+        detail = plain_errors(exc.errors(), body=exc.body, root=SweepSpec if spec else None, skip=1)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(detail))}, status_code=422)
 
     @app.exception_handler(SpecError)
     async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:

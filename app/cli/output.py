@@ -4,32 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from pydantic import ValidationError
 
 from app.cli.api import BadInput
 from app.spec import SweepSpec, format_loc
+from app.spec_errors import plain_errors
+from gridsweep.specfile import SpecFileError, load_spec_file
 
 
 def load_spec(path: str) -> SweepSpec:
-    """Read and validate a YAML (or JSON) spec file; errors name the field path."""
+    """Read and validate a YAML (or JSON) spec file; errors name the file, line and column, or
+    the field path, in plain words. A spec without ``name`` is named after the file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path}: a spec is a mapping (name, dataset, parameters, ...)")
+        raw = load_spec_file(path)
+    except SpecFileError as exc:
+        raise BadInput(str(exc), errors=[{"loc": [], "msg": str(exc)}]) from exc
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise BadInput(f"{path} is not a valid spec:\n" + "\n".join(lines)) from exc
+        errors = plain_errors(exc.errors(), body=raw, root=SweepSpec)
+        lines = [f"  {format_loc(e['loc'])}: {e['msg']}" for e in errors]
+        raise BadInput(f"{path} is not a valid spec:\n" + "\n".join(lines), errors=errors) from exc
 
 
 def fmt(v: Any) -> str:
