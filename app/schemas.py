@@ -72,7 +72,22 @@ class SweepRead(BaseModel):
     n_trials: int
     metric: MetricRead
     counts: dict[str, int]
-    progress: float
+    progress: float = Field(description="search trials ended / n_trials")
+    phase: Literal["queued", "searching", "evaluating", "canceling", "finished"] = Field(
+        "queued",
+        description="queued; searching (the grid trains); evaluating (the best config is retrained and "
+        "scored on the test split); canceling (canceled, running trials stopping); finished",
+    )
+    epochs_done: int = Field(0, description="epochs trained; an ended trial counts all its planned epochs")
+    epochs_planned: int = Field(0, description="epochs of every trial (the test evaluation once queued)")
+    running: int = Field(0, description="trials training now, the test evaluation's included")
+    running_epochs_done: int = Field(0, description="epochs the running trials have reported")
+    running_epochs_planned: int = Field(0, description="epochs the running trials will train")
+    elapsed_seconds: float | None = Field(None, description="since the first trial started (to the end)")
+    eta_seconds: float | None = Field(
+        None, description="while running: the epochs left at the rate so far (the test evaluation not foreseen)"
+    )
+    duration_seconds: float | None = Field(None, description="once finished: first trial started to the end")
     best: BestRead | None = None
     error: str | None = None
     spec: dict[str, Any]
@@ -106,7 +121,12 @@ class TrialRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    duration_seconds: float | None
+    duration_seconds: float | None = Field(
+        description="training time; in a fused pack, the trial's share of the pack's wall time"
+    )
+    wall_seconds: float | None = Field(
+        None, description="started to finished (claim to outcome; in a fused pack, the pack's time so far)"
+    )
     data_hash: str | None = None
     split: dict[str, Any] | None = None
     versions: dict[str, Any] | None = None
