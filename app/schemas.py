@@ -85,7 +85,7 @@ class SweepRead(BaseModel):
     running_epochs_planned: int = Field(0, description="epochs the running trials will train")
     elapsed_seconds: float | None = Field(None, description="since the first trial started (to the end)")
     eta_seconds: float | None = Field(
-        None, description="while running: the epochs left at the rate so far (the test evaluation not foreseen)"
+        None, description="while running: the epochs left at the rate so far (a test evaluation not foreseen)"
     )
     duration_seconds: float | None = Field(None, description="once finished: first trial started to the end")
     best: BestRead | None = None

@@ -79,9 +79,7 @@ def load_spec_file(path: str | Path, default_name: bool = True) -> dict[str, Any
     raw = parse_spec_text(text, str(path))
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
-        raise SpecFileError(
-            str(path), f"a spec is a mapping (name, dataset, parameters, ...), this is {got}"
-        )
+        raise SpecFileError(str(path), f"a spec is a mapping (name, dataset, parameters, ...), this is {got}")
     if default_name and raw.get("name") is None:
         raw["name"] = p.stem
     return raw

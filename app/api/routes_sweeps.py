@@ -210,7 +210,10 @@ def export_sweep(
         with db.session(readonly=True) as s:
             sweep = _sweep_or_404(s, sweep_id)
             batches = export.trial_batches(s, sweep, role, json_mode=format == "csv")
-            yield from export.csv_chunks(batches) if format == "csv" else export.parquet_chunks(batches, sweep)
+            if format == "csv":
+                yield from export.csv_chunks(batches)
+            else:
+                yield from export.parquet_chunks(batches, sweep)
 
     headers = {"Content-Disposition": f'attachment; filename="sweep-{sweep_id}.{format}"'}
     return StreamingResponse(chunks(), media_type=export.FORMATS[format], headers=headers)

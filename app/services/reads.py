@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-
 from dataclasses import asdict
 
 from sqlalchemy.orm import Session
