@@ -11,13 +11,14 @@ from typing import Any
 import click
 import uvicorn
 
-from app.cli.api import Unreachable
+from app.cli.api import Unreachable, masked_url
 from app.cli.local import gridsweep_cmd, local_threads, spawn, stop_all, wait_healthy
 from app.cli.options import (
     auth_option,
     check_exposure,
     db_option,
     insecure_option,
+    open_store,
     pack_size_flag,
     server_option,
     settings_for,
@@ -35,11 +36,9 @@ def db() -> None:
 @db_option
 def db_upgrade(db: str | None) -> None:
     """Create or upgrade the store's schema to the latest migration."""
-    from app.migrate import upgrade
-
     url = settings_for(db).database_url
-    upgrade(url)
-    click.echo(f"database at head: {url.split('@')[-1]}")
+    open_store(url)
+    click.echo(f"database at head: {masked_url(url)}")
 
 
 @click.command()
@@ -56,9 +55,7 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
         settings = settings.model_copy(update={"auth": auth})
     check_exposure(settings, host, insecure)
     if not no_upgrade:
-        from app.migrate import upgrade
-
-        upgrade(settings.database_url)
+        open_store(settings.database_url)
     from app.api import create_app
 
     # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
