@@ -47,6 +47,9 @@ class UploadOptions:
         }
 
 
+MAX_DROPPED_ROWS_KEPT = 1000  # the rows drop_missing dropped, as kept in the schema (the count is exact)
+
+
 def default_name(filename: str | None) -> str:
     stem = re.sub(r"\.(csv|parquet|pq|txt)$", "", (filename or "dataset").rsplit("/", 1)[-1], flags=re.I)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "dataset"
@@ -116,6 +119,7 @@ def create_dataset(
             "task_source": table.task_source,
             "task_reason": table.task_reason,
             "n_dropped": table.n_dropped,
+            "dropped_rows": table.dropped_rows[:MAX_DROPPED_ROWS_KEPT],
             "options": opts.reading(),
         },
         size_bytes=len(raw),
