@@ -84,6 +84,14 @@ def list_datasets(session: Session, limit: int, offset: int) -> tuple[list[Datas
     return list(rows), total
 
 
+def sweeps_per_dataset(session: Session, dataset_ids: list[int]) -> dict[int, int]:
+    """How many sweeps train on each of ``dataset_ids`` (absent: none)."""
+    if not dataset_ids:
+        return {}
+    q = select(Sweep.dataset_id, func.count()).where(Sweep.dataset_id.in_(dataset_ids)).group_by(Sweep.dataset_id)
+    return {int(k): int(n) for k, n in session.execute(q).all()}
+
+
 def create_dataset(
     session: Session, raw: bytes, filename: str | None, opts: UploadOptions
 ) -> tuple[Dataset, bool]:
