@@ -104,7 +104,8 @@ def _scalar_path(loc: list[Any], body: Any) -> list[Any]:
 
 
 def _bound(ctx: Mapping[str, Any], key: str) -> str:
-    return show(ctx.get(key))
+    v = ctx.get(key)
+    return f"{v:g}" if isinstance(v, float) else show(v)
 
 
 def plain_message(e: Mapping[str, Any], root: type[BaseModel] | None, path: list[Any]) -> str:
