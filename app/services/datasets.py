@@ -88,7 +88,11 @@ def sweeps_per_dataset(session: Session, dataset_ids: list[int]) -> dict[int, in
     """How many sweeps train on each of ``dataset_ids`` (absent: none)."""
     if not dataset_ids:
         return {}
-    q = select(Sweep.dataset_id, func.count()).where(Sweep.dataset_id.in_(dataset_ids)).group_by(Sweep.dataset_id)
+    q = (
+        select(Sweep.dataset_id, func.count())
+        .where(Sweep.dataset_id.in_(dataset_ids))
+        .group_by(Sweep.dataset_id)
+    )
     return {int(k): int(n) for k, n in session.execute(q).all()}
 
 
