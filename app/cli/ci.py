@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, BadInput, ca
 from app.cli.options import server_option
 from app.cli.reports import Gate
 from app.config import Settings
+from gridsweep.client import ApiClient
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -103,6 +104,36 @@ def submit(
         headers={ci.IDEMPOTENCY_HEADER: key} if key else None,
     )
     sid = created["id"]
+    progress = ci.Progress(client, sid, ci.plain_output())
+    try:  # from here on, Ctrl-C leaves the sweep to the server (exit 130)
+        _follow(
+            client, created, progress, started, server=server, key=key, wait=wait, as_json=as_json,
+            gate=gate, timeout=timeout, poll=poll, top=top, junit=junit, summary_md=summary_md,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        progress.close()
+        interrupted(sid, server, as_json)
+
+
+def _follow(
+    client: ApiClient,
+    created: dict[str, Any],
+    progress: ci.Progress,
+    started: float,
+    *,
+    server: str,
+    key: str | None,
+    wait: bool,
+    as_json: bool,
+    gate: Gate | None,
+    timeout: float | None,
+    poll: float,
+    top: int,
+    junit: str | None,
+    summary_md: str | None,
+) -> None:
+    """After the submit: print the id, wait, judge, report (see ``submit``)."""
+    sid = created["id"]
     if not as_json:
         click.echo(sid)
     keyed = f" (idempotency key {key})" if key else ""
@@ -120,12 +151,7 @@ def submit(
                 )
             )
         return
-    progress = ci.Progress(client, sid, ci.plain_output())
-    try:
-        sweep, timed_out = ci.wait_for(client, sid, poll, timeout, progress)
-    except KeyboardInterrupt:
-        progress.close()
-        interrupted(sid, server, as_json)
+    sweep, timed_out = ci.wait_for(client, sid, poll, timeout, progress)
     verdict = reports.evaluate(sweep, gate, timed_out, timeout)
     board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
     elapsed = time.monotonic() - started
