@@ -31,6 +31,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
         if isinstance(node, MappingNode):
             seen: dict[Any, Node] = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
+                    continue
                 key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
                 try:
                     first = seen.get(key)

@@ -367,3 +367,37 @@ def test_pack_key_groups_trials_that_can_train_together() -> None:
     for r in rows:
         by_bs.setdefault(r.params["batch_size"], set()).add(r.pack_key)
     assert all(len(k) == 1 for k in by_bs.values()) and len(set().union(*by_bs.values())) == 2
+
+
+# --------------------------------------------------------------------------- spec files (YAML)
+
+
+def test_spec_files_name_file_line_and_column_and_refuse_duplicated_keys(tmp_path: Path) -> None:
+    from gridsweep.specfile import SpecFileError, load_spec_file
+
+    def load(text: str, name: str = "s.yaml") -> dict:
+        path = tmp_path / name
+        path.write_text(text)
+        return load_spec_file(path)
+
+    assert load("dataset: moons\n", "my-grid.yaml")["name"] == "my-grid"  # named after the file
+    assert load("name: kept\ndataset: moons\n")["name"] == "kept"
+    with pytest.raises(SpecFileError) as info:
+        load("dataset: moons\nparameters:\n  epochs: 3\n  layers: [1]\n  epochs: 5\n")
+    assert str(info.value) == (
+        f"{tmp_path / 's.yaml'}, line 5, column 3: key 'epochs' appears twice in one mapping "
+        "(first at line 3); keep one of them"
+    )
+    with pytest.raises(SpecFileError) as info:
+        load("dataset: moons\n  seeds: [0]\n")
+    assert str(info.value).startswith(f"{tmp_path / 's.yaml'}, line 2, column 8: mapping values are not allowed")
+    assert (info.value.line, info.value.column) == (2, 8)
+    with pytest.raises(SpecFileError, match=r"s.yaml: a spec is a mapping \(name, dataset, parameters, ...\), "):
+        load("- moons\n")
+    with pytest.raises(SpecFileError, match="this is an empty file"):
+        load("")
+    with pytest.raises(SpecFileError, match=r"missing.yaml: cannot read it: No such file or directory"):
+        load_spec_file(tmp_path / "missing.yaml")
+    # A YAML merge key may override what it merges: that is no duplicate.
+    merged = load("base: &b {epochs: 2, layers: 1}\ndataset: moons\nparameters:\n  <<: *b\n  epochs: 3\n")
+    assert merged["parameters"] == {"epochs": 3, "layers": 1}
