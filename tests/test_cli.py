@@ -62,7 +62,8 @@ def test_run_rejects_a_bad_spec_file_with_exit_code_2_and_the_field_path(tmp_pat
     db = f"sqlite:///{tmp_path / 'bad.db'}"
     bad = write_spec(tmp_path, {**SMALL, "parameters": {"activation": ["relu", "swish"]}})
     r = gridsweep("run", bad, "--db", db)
-    assert r.returncode == 2 and "parameters.activation[1]" in r.stderr and "'swish' is not one of relu, tanh" in r.stderr, r.stderr
+    assert r.returncode == 2 and "parameters.activation[1]" in r.stderr, r.stderr
+    assert "'swish' is not one of relu, tanh" in r.stderr, r.stderr
 
     r = gridsweep("run", str(tmp_path / "missing.yaml"), "--db", db)
     assert r.returncode == 2 and "cannot read" in r.stderr

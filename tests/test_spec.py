@@ -390,9 +390,10 @@ def test_spec_files_name_file_line_and_column_and_refuse_duplicated_keys(tmp_pat
     )
     with pytest.raises(SpecFileError) as info:
         load("dataset: moons\n  seeds: [0]\n")
-    assert str(info.value).startswith(f"{tmp_path / 's.yaml'}, line 2, column 8: mapping values are not allowed")
+    where = f"{tmp_path / 's.yaml'}, line 2, column 8"
+    assert str(info.value).startswith(f"{where}: mapping values are not allowed")
     assert (info.value.line, info.value.column) == (2, 8)
-    with pytest.raises(SpecFileError, match=r"s.yaml: a spec is a mapping \(name, dataset, parameters, ...\), "):
+    with pytest.raises(SpecFileError, match=r"s.yaml: a spec is a mapping \(name, dataset, parameters"):
         load("- moons\n")
     with pytest.raises(SpecFileError, match="this is an empty file"):
         load("")

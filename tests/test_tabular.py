@@ -52,18 +52,18 @@ def test_every_problem_of_a_file_in_one_answer_with_column_and_row() -> None:
         ),
         (
             ("file", "y"),
-            "column 'y' has 1 missing value(s) in row 8; fix the file, or pass drop_missing (--drop-missing) "
-            "to drop such rows",
+            "column 'y' has 1 missing value(s) in row 8; fix the file, or pass drop_missing "
+            "(--drop-missing) to drop such rows",
         ),
         (
             ("file", "y"),
-            "column 'y' has 1 infinite value(s) in row 12; fix the file, or pass drop_missing (--drop-missing) "
-            "to drop such rows",
+            "column 'y' has 1 infinite value(s) in row 12; fix the file, or pass drop_missing "
+            "(--drop-missing) to drop such rows",
         ),
         (
             ("target",),
-            "column 'label' has 1 missing value(s) in row 9; fix the file, or pass drop_missing (--drop-missing) "
-            "to drop such rows",
+            "column 'label' has 1 missing value(s) in row 9; fix the file, or pass drop_missing "
+            "(--drop-missing) to drop such rows",
         ),
     ]
 
