@@ -132,3 +132,45 @@ def test_models_datasets_page_and_a_refit_trial(own_site: Site, browse: Browse, 
     assert row.locator("[data-testid=n-rows]").inner_text() == "30"
     browse.shot("datasets")
     browse.assert_clean()
+
+
+def test_a_sweep_whose_trials_all_run_draws_their_curves_and_no_infinity(
+    own_site: Site, browse: Browse
+) -> None:
+    # The issue's case: every trial at some epoch, none finished. The plots must not say "no
+    # finished trial yet" for the curves, the heatmap must not get an Infinity colour scale, and
+    # the bar must not look full.
+    live = own_site
+    http = live.server.http
+    spec = {
+        "name": "all-running",
+        "dataset": "moons",
+        "parameters": {"hidden_units": [8, 16], "learning_rate": [0.01, 0.1], "epochs": 500},
+    }
+    for other in (live.seeded.running_id, live.seeded.queued_id):  # their queued trials come first
+        http.post(f"/api/v1/sweeps/{other}/cancel").raise_for_status()
+    sid = http.post("/api/v1/sweeps", json=spec).json()["id"]
+    wid = http.post("/api/v1/workers", json={"name": "w-all", "device": "cpu"}).json()["id"]
+    held = http.post(f"/api/v1/workers/{wid}/claim", json={"max_trials": 4}).json()["trials"]
+    assert len(held) == 4 and {t["sweep_id"] for t in held} == {sid}
+    reports = [
+        {"trial_id": t["trial_id"], "lease_token": t["lease_token"], "epoch": e, "val_loss": 1.0 / e}
+        for t in held
+        for e in range(1, 238)
+    ]
+    http.post(f"/api/v1/workers/{wid}/epochs", json={"reports": reports}).raise_for_status()
+    browse.goto(f"/sweeps/{sid}")
+    page = browse.page
+    page.wait_for_selector("#chart-curves[data-state=drawn][data-running='4']")
+    assert int(page.get_attribute("#chart-curves", "data-points")) == 4 * 237
+    page.wait_for_selector("#chart-heatmap[data-state=empty]")
+    assert "no scored config yet" in page.inner_text("#chart-heatmap")
+    assert "Infinity" not in page.inner_text("#plots")
+    text = page.inner_text("[data-testid=epochs]")
+    assert "epochs 948 / 2000" in text and "4 running at 948 / 2000 epochs" in text and "ETA" in text
+    assert page.get_attribute("[data-testid=phase]", "data-phase") == "searching"
+    # 4 trials at 237 of 500 epochs: under half the bar, not all of it.
+    assert "w47" in page.get_attribute("[data-testid=running-seg]", "class")
+    assert page.inner_text("[data-testid=done]") == "0"
+    browse.shot("sweep-all-running")
+    browse.assert_clean()

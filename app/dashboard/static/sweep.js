@@ -47,7 +47,7 @@
       const data = t.epochs.map((e, i) => [e, t.val_loss[i]]).filter((p) => p[1] !== null);
       points += data.length;
       return {
-        type: "line", id: String(t.trial_id), name: "#" + t.trial_id, data, showSymbol: live, symbolSize: 4,
+        type: "line", id: String(t.trial_id), name: "#" + t.trial_id, data, showSymbol: live && data.length <= 30, symbolSize: 4,
         triggerLineEvent: true, z: isBest ? 10 : live ? 1 : 2,
         lineStyle: { width: isBest ? 3 : 1.3, color, opacity: isBest ? 1 : 0.8, type: live ? "dashed" : "solid" },
         itemStyle: { color }, emphasis: { focus: "series", lineStyle: { width: 3.5 } },
