@@ -22,7 +22,8 @@ class Group(click.Group):
     (``error``, ``exit_code``, ``errors`` with field paths); Ctrl-C anywhere exits 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        args = [*ctx._protected_args, *ctx.args]  # the subcommand's, before click consumes them
+        # The subcommand's arguments, read before click consumes them.
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:
