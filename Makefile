@@ -1,18 +1,26 @@
 # Two commands do all the set-up:  `make run` (the example sweep on SQLite)  and  `make test`.
+# `make run` installs what running needs (the package); `make test` adds the test extras.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch (a local wheel on the project's machines; pip falls back to PyPI).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup system-deps run test lint bench clean
+.PHONY: setup setup-test system-deps run test lint bench clean
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
+# Runtime: torch and the package (what `gridsweep` needs), no test tools.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The test extras on top (pytest, ruff, playwright, schemathesis, ...).
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -22,10 +30,10 @@ system-deps:
 run: setup
 	$(VENV)/bin/gridsweep run examples/moons.yaml
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
-test: setup system-deps lint
+test: setup-test system-deps lint
 	$(VENV)/bin/pytest -q -ra --durations=15
 
 bench: setup

@@ -9,7 +9,11 @@ from pydantic import BaseModel, Field
 
 class CurveRead(BaseModel):
     trial_id: int
-    rank: int = Field(description="rank of the trial's config in the leaderboard (1 = best)")
+    rank: int | None = Field(
+        description="rank of the trial's config in the leaderboard (1 = best); None: a running trial"
+    )
+    status: str = Field("succeeded", description="the trial's status (running trials' curves grow)")
+    epochs_planned: int | None = Field(None, description="the trial's epochs when done")
     config_index: int
     seed: int
     params: dict[str, Any]
@@ -20,6 +24,8 @@ class CurveRead(BaseModel):
 
 
 class CurvesRead(BaseModel):
+    """The top configs' trials (ranked) first, then running trials (``rank`` None)."""
+
     metric: str
     goal: str
     best_trial_ids: list[int] = Field(description="the seeds of the best config")

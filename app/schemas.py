@@ -13,7 +13,7 @@ from app.spec import SweepSpec
 T = TypeVar("T")
 # Metrics a worker reports: JSON has no NaN/inf, and a stored one would rank and render wrong
 # (the worker sends a non-finite value as null). A boolean is no metric.
-FiniteFloat = Annotated[float, NotBool, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False), NotBool]
 # A worker's error text: cleaned and cut, never refused (the failure must be recorded).
 MAX_ERROR_CHARS = 20_000
 ErrorText = CleanText(MAX_ERROR_CHARS)
@@ -76,7 +76,22 @@ class SweepRead(BaseModel):
     n_trials: int
     metric: MetricRead
     counts: dict[str, int]
-    progress: float
+    progress: float = Field(description="search trials ended / n_trials")
+    phase: Literal["queued", "searching", "evaluating", "canceling", "finished"] = Field(
+        "queued",
+        description="queued; searching (the grid trains); evaluating (the best config is retrained and "
+        "scored on the test split); canceling (canceled, running trials stopping); finished",
+    )
+    epochs_done: int = Field(0, description="epochs trained; an ended trial counts all its planned epochs")
+    epochs_planned: int = Field(0, description="epochs of every trial (the test evaluation once queued)")
+    running: int = Field(0, description="trials training now, the test evaluation's included")
+    running_epochs_done: int = Field(0, description="epochs the running trials have reported")
+    running_epochs_planned: int = Field(0, description="epochs the running trials will train")
+    elapsed_seconds: float | None = Field(None, description="since the first trial started (to the end)")
+    eta_seconds: float | None = Field(
+        None, description="while running: the epochs left at the rate so far (a test evaluation not foreseen)"
+    )
+    duration_seconds: float | None = Field(None, description="once finished: first trial started to the end")
     best: BestRead | None = None
     error: str | None = None
     spec: dict[str, Any]
@@ -113,7 +128,12 @@ class TrialRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    duration_seconds: float | None
+    duration_seconds: float | None = Field(
+        description="training time; in a fused pack, the trial's share of the pack's wall time"
+    )
+    wall_seconds: float | None = Field(
+        None, description="started to finished (claim to outcome; in a fused pack, the pack's time so far)"
+    )
     data_hash: str | None = None
     split: dict[str, Any] | None = None
     versions: dict[str, Any] | None = None

@@ -26,13 +26,16 @@ class DatasetRead(BaseModel):
     size_bytes: int
     created_at: datetime
     created: bool | None = Field(None, description="on upload: false when the same bytes were stored already")
+    n_dropped: int = Field(0, description="rows dropped for missing or infinite values (drop_missing)")
+    dropped_rows: list[int] = Field(
+        [], description="which rows were dropped (1-based file rows, header not counted; the first 1000)"
+    )
 
 
 class DatasetDetail(DatasetRead):
     columns: list[dict[str, Any]] = Field(description="each column: name, dtype, role, statistics")
     feature_names: list[str] = Field(description="the model's inputs (categorical columns one-hot)")
     encoding: dict[str, Any]
-    n_dropped: int = Field(description="rows dropped for missing values (drop_missing)")
     options: dict[str, Any]
     sweep_ids: list[int] = []
 

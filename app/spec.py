@@ -78,8 +78,13 @@ def Axis(item: Any) -> Any:
 MAX_BATCH_SIZE = 1_000_000
 MAX_EPOCHS = 1_000_000  # the server's GRIDSWEEP_MAX_EPOCHS (default 10,000) is checked at submit
 MAX_SEED = 2**31 - 1
-Width = Annotated[int, NotBool, Field(gt=0, le=65_536)]
-Real = Annotated[float, NotBool, Field(allow_inf_nan=False)]
+Width = Annotated[int, Field(gt=0, le=65_536), NotBool]
+Real = Annotated[float, Field(allow_inf_nan=False), NotBool]
+
+
+def RealIn(**bounds: float) -> Any:
+    """A finite real within ``bounds`` (``Field`` before the validator: the JSON Schema keeps them)."""
+    return Annotated[float, Field(allow_inf_nan=False, **bounds), NotBool]
 
 
 class Parameters(BaseModel):
@@ -87,17 +92,17 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: Axis(Annotated[int, NotBool, Field(ge=1, le=64)]) = [1]
+    layers: Axis(Annotated[int, Field(ge=1, le=64), NotBool]) = [1]
     # A width for every hidden layer, or a per-layer list (which fixes the depth itself:
     # it is combined only with the matching `layers` value).
     hidden_units: Axis(Width | Annotated[list[Width], Field(min_length=1, max_length=64)]) = [64]
     activation: Axis(Literal[ACTIVATIONS]) = ["relu"]
-    learning_rate: Axis(Annotated[Real, Field(gt=0)]) = [0.01]
+    learning_rate: Axis(RealIn(gt=0)) = [0.01]
     optimizer: Axis(Literal[OPTIMIZERS]) = ["adam"]
-    batch_size: Axis(Annotated[int, NotBool, Field(gt=0, le=MAX_BATCH_SIZE)]) = [64]
-    epochs: Axis(Annotated[int, NotBool, Field(gt=0, le=MAX_EPOCHS)]) = [20]
-    dropout: Axis(Annotated[Real, Field(ge=0, lt=1)]) = [0.0]
-    weight_decay: Axis(Annotated[Real, Field(ge=0)]) = [0.0]
+    batch_size: Axis(Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE), NotBool]) = [64]
+    epochs: Axis(Annotated[int, Field(gt=0, le=MAX_EPOCHS), NotBool]) = [20]
+    dropout: Axis(RealIn(ge=0, lt=1)) = [0.0]
+    weight_decay: Axis(RealIn(ge=0)) = [0.0]
     loss: Axis(Literal["auto", "mse", "mae", "huber", "bce", "cross_entropy"]) = ["auto"]
 
     @field_validator("*")
@@ -131,8 +136,8 @@ class MetricSpec(BaseModel):
 class SplitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    validation: Real = Field(0.2, gt=0, lt=1)
-    test: Real = Field(0.2, gt=0, lt=1)
+    validation: RealIn(gt=0, lt=1) = 0.2
+    test: RealIn(gt=0, lt=1) = 0.2
     # Bounded like trial seeds: the batch order is seeded from it (torch seeds are 64-bit).
     seed: Annotated[int, NotBool] = Field(0, ge=0, le=MAX_SEED)
 
@@ -149,19 +154,46 @@ def _id_as_str(v: Any) -> Any:
     return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+def _as_list(v: Any) -> Any:
+    """A scalar where a list is expected is a list of one (``seeds: 0``)."""
+    return v if isinstance(v, list | tuple) else [v]
+
+
+def _metric_name(v: Any) -> Any:
+    """``metric: val_accuracy`` is short for ``metric: {name: val_accuracy}``."""
+    return {"name": v} if isinstance(v, str) else v
+
+
+# Search methods: the W&B spelling is accepted; only the grid is implemented.
+METHODS = ("grid",)
+
+
+def _grid_only(v: Any) -> Any:
+    if isinstance(v, str) and v not in METHODS:
+        raise ValueError(
+            f"method {v!r} is not supported: the only search method is grid (every combination of the values)"
+        )
+    return v
+
+
 class SweepSpec(BaseModel):
     """A grid search: what to train on, the grid, the seeds and the split."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Text = Field(min_length=1, max_length=200)
+    # Optional: the CLI and the Python client name a spec after its file; the API names a
+    # nameless sweep ``<dataset>-<id>``.
+    name: Text | None = Field(None, min_length=1, max_length=200)
     # A built-in name, or an uploaded dataset's name or id (an integer is taken as the id).
     dataset: Annotated[Text, BeforeValidator(_id_as_str), Field(min_length=1, max_length=200)]
-    metric: MetricSpec = MetricSpec()
+    method: Annotated[Literal[METHODS], BeforeValidator(_grid_only)] = "grid"  # type: ignore[valid-type]
+    metric: Annotated[MetricSpec, BeforeValidator(_metric_name)] = MetricSpec()
     parameters: Parameters = Parameters()
-    seeds: list[Annotated[int, NotBool, Field(ge=0, le=MAX_SEED)]] = Field(
-        default=[0], min_length=1, max_length=10_000
-    )
+    seeds: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_SEED), NotBool]],
+        BeforeValidator(_as_list),
+        Field(min_length=1, max_length=10_000),
+    ] = [0]
     split: SplitSpec = SplitSpec()
     refit: bool = False
 

@@ -16,19 +16,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.tabular_checks import (
+    Problems,
+    TableError,
+    bad_rows,
+    is_numeric,
+    missing_problems,
+    row_numbers,
+    rows_text,
+    to_numbers,
+)
+
 # A numeric target with at most this many distinct integer values is taken for class labels.
 MAX_INFERRED_CLASSES = 20
 # An upload must leave at least one row in each part of the default split.
 DEFAULT_VALIDATION, DEFAULT_TEST = 0.2, 0.2
 FORMATS = ("csv", "parquet")
-
-
-class TableError(ValueError):
-    """The table cannot be used; ``errors`` are ``{"loc": (...), "msg": ...}`` like a 422's detail."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(e["msg"] for e in errors))
 
 
 def _err(loc: str | tuple[Any, ...], msg: str) -> TableError:
@@ -73,6 +76,7 @@ class PreparedTable:
     columns: list[dict[str, Any]]  # schema: name, dtype, role and statistics
     format: str
     n_dropped: int
+    dropped_rows: list[int] = field(default_factory=list)  # 1-based rows of the file (drop_missing)
 
     @property
     def n_rows(self) -> int:
@@ -104,55 +108,17 @@ def read_table(raw: bytes, filename: str | None) -> tuple[pd.DataFrame, str]:
     return df.reset_index(drop=True), fmt
 
 
-def _is_numeric(s: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
-
-
-def _rows(mask: np.ndarray) -> tuple[int, int]:
-    """(first 1-based row where ``mask`` holds, how many rows)."""
-    idx = np.flatnonzero(mask)
-    return int(idx[0]) + 1, len(idx)
-
-
-def _more(n: int) -> str:
-    return f" ({n} rows in all)" if n > 1 else ""
+_is_numeric = is_numeric
+MISSING_ADVICE = "fix the file, or pass drop_missing (--drop-missing) to drop such rows"
 
 
 def _to_float(s: pd.Series, col: str, loc: tuple[Any, ...], hint: str) -> np.ndarray:
-    """A column as float64, or a TableError naming the first row that is not a number."""
-    if pd.api.types.is_bool_dtype(s):
-        return s.astype(np.float64).to_numpy()
-    if _is_numeric(s):
-        return s.to_numpy(dtype=np.float64, na_value=np.nan)
-    conv = pd.to_numeric(s, errors="coerce")
-    bad = (conv.isna() & s.notna()).to_numpy()
-    if bad.any():
-        row, n = _rows(bad)
-        raise _err(loc, f"column {col!r} is not numeric: row {row} is {s.iloc[row - 1]!r}{_more(n)}; {hint}")
-    return conv.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _missing_msg(col: str, values: np.ndarray | pd.Series, numeric: bool) -> str | None:
-    missing = pd.isna(values)
-    missing = np.asarray(missing)
-    if missing.any():
-        row, n = _rows(missing)
-        return f"column {col!r} has a missing value in row {row}{_more(n)}; fix the file or drop such rows"
-    if numeric:
-        inf = np.isinf(np.asarray(values, dtype=np.float64))
-        if inf.any():
-            row, n = _rows(inf)
-            return (
-                f"column {col!r} has an infinite value in row {row}{_more(n)}; fix the file or drop such rows"
-            )
-    return None
-
-
-def _bad_rows(values: np.ndarray | pd.Series, numeric: bool) -> np.ndarray:
-    bad = np.asarray(pd.isna(values))
-    if numeric:
-        bad = bad | np.isinf(np.asarray(values, dtype=np.float64))
-    return bad
+    """A column as float64, or a TableError with its bad cells (each with its row)."""
+    problems = Problems()
+    v = to_numbers(s, col, loc, hint, problems)
+    problems.check()
+    assert v is not None
+    return v
 
 
 def _infer_task(y: pd.Series, target: str) -> tuple[str, str]:
@@ -236,60 +202,53 @@ def prepare_table(
         raise _err("file", f"the file has no feature columns besides the target {target!r}")
     cats = set(categorical)
 
-    # 1. Every non-categorical feature must be numeric (report every such column at once).
+    # 1. Every non-categorical feature must be numeric, with no missing or infinite value (or those
+    # rows dropped): every problem of the file is collected, and reported at once.
+    problems = Problems()
     numeric: dict[str, np.ndarray] = {}
     for c in features:
         if c in cats:
             continue
-        try:
-            numeric[c] = _to_float(
-                df[c], c, ("file", c), f"declare it categorical (--categorical {c}) or drop it"
-            )
-        except TableError as exc:
-            errors += exc.errors
+        hint = f"declare it categorical (--categorical {c}) or drop it"
+        if (v := to_numbers(df[c], c, ("file", c), hint, problems)) is not None:
+            numeric[c] = v
     y_col = df[target]
     if task == "regression":
-        try:
-            _to_float(y_col, target, ("target",), "a regression target must be numeric")
-        except TableError as exc:
-            errors += exc.errors
-    if errors:
-        raise TableError(errors)
-
-    # 2. Missing or infinite values: an error per column, or drop those rows.
+        to_numbers(y_col, target, ("target",), "a regression target must be numeric", problems)
     checks: list[tuple[str, Any, bool]] = [
         (c, numeric[c] if c in numeric else df[c].to_numpy(dtype=object), c in numeric) for c in features
     ]
-    y_numeric = _is_numeric(y_col) and not pd.api.types.is_bool_dtype(y_col)
+    y_numeric = is_numeric(y_col) and not pd.api.types.is_bool_dtype(y_col)
     checks.append(
         (target, y_col.to_numpy(dtype=np.float64) if y_numeric else y_col.to_numpy(dtype=object), y_numeric)
     )
-    n_dropped = 0
+    dropped: list[int] = []
     if drop_missing:
         bad = np.zeros(len(df), dtype=bool)
         for _, values, is_num in checks:
-            bad |= _bad_rows(values, is_num)
-        n_dropped = int(bad.sum())
-        if n_dropped:
-            keep = ~bad
-            df = df[keep].reset_index(drop=True)
-            numeric = {c: v[keep] for c, v in numeric.items()}
-            y_col = df[target]
+            bad |= bad_rows(values, is_num)
+        dropped = row_numbers(bad)
     else:
         for c, values, is_num in checks:
-            if (msg := _missing_msg(c, values, is_num)) is not None:
-                loc = ("target",) if c == target else ("file", c)
-                errors.append({"loc": loc, "msg": msg + " (or pass drop_missing / --drop-missing)"})
-        if errors:
-            raise TableError(errors)
+            for msg in missing_problems(c, values, is_num, MISSING_ADVICE):
+                problems.add(("target",) if c == target else ("file", c), msg)
+    problems.check()
+    n_dropped = len(dropped)
+    if n_dropped:
+        keep = ~bad
+        df = df[keep].reset_index(drop=True)
+        numeric = {c: v[keep] for c, v in numeric.items()}
+        y_col = df[target]
 
     n = len(df)
     n_train, n_val, n_test = min_rows_for_split(n, DEFAULT_VALIDATION, DEFAULT_TEST)
     if min(n_train, n_val, n_test) < 1:
-        dropped = f" after dropping {n_dropped} with missing values" if n_dropped else ""
+        dropped_text = (
+            f" after dropping {n_dropped} with missing values ({rows_text(dropped)})" if n_dropped else ""
+        )
         raise _err(
             "file",
-            f"the file has {n} rows{dropped}; the default split (validation {DEFAULT_VALIDATION}, "
+            f"the file has {n} rows{dropped_text}; the default split (validation {DEFAULT_VALIDATION}, "
             f"test {DEFAULT_TEST}) needs at least one row in each of train, validation and test",
         )
 
@@ -329,7 +288,7 @@ def prepare_table(
             col.update(role="feature", **_num_stats(numeric[c]))
         columns.append(col)
     columns.append({"name": target, "dtype": str(y_col.dtype), "role": "target", **target_stats})
-    return PreparedTable(X, y, task, source, reason, classes, encoding, columns, fmt, n_dropped)
+    return PreparedTable(X, y, task, source, reason, classes, encoding, columns, fmt, n_dropped, dropped)
 
 
 def encode_frame(df: pd.DataFrame, encoding: Encoding) -> np.ndarray:
@@ -338,38 +297,34 @@ def encode_frame(df: pd.DataFrame, encoding: Encoding) -> np.ndarray:
     if missing:
         raise _err("file", f"the file lacks the feature column(s) {missing} the model was trained on")
     parts: list[np.ndarray] = []
-    errors: list[dict[str, Any]] = []
+    problems = Problems()
+    advice = "fix the file"
     for c in encoding.columns:
         s = df[c]
         if c in encoding.categorical:
             cats = encoding.categorical[c]
-            values = s.to_numpy(dtype=object)
-            if (msg := _missing_msg(c, values, numeric=False)) is not None:
-                errors.append({"loc": ("file", c), "msg": msg})
+            if msgs := missing_problems(c, s.to_numpy(dtype=object), False, advice):
+                problems.extend([{"loc": ("file", c), "msg": m} for m in msgs])
                 continue
             text = category_text(s)
             unknown = ~np.isin(text, cats)
             if unknown.any():
-                row, k = _rows(unknown)
-                errors.append(
-                    {
-                        "loc": ("file", c),
-                        "msg": f"column {c!r} row {row} has the category {text[row - 1]!r}{_more(k)}, "
-                        f"not seen in training (known: {cats})",
-                    }
+                rows = row_numbers(unknown)
+                seen = ", ".join(repr(str(v)) for v in dict.fromkeys(text[unknown].tolist()))
+                problems.add(
+                    ("file", c),
+                    f"column {c!r} has categories not seen in training in {rows_text(rows)}: {seen} "
+                    f"(known: {', '.join(cats)})",
                 )
                 continue
             parts.append((text[:, None] == np.asarray(cats, dtype=object)[None, :]).astype(np.float64))
             continue
-        try:
-            v = _to_float(s, c, ("file", c), "the model needs a number")
-        except TableError as exc:
-            errors += exc.errors
+        v = to_numbers(s, c, ("file", c), "the model needs a number", problems)
+        if v is None:
             continue
-        if (msg := _missing_msg(c, v, numeric=True)) is not None:
-            errors.append({"loc": ("file", c), "msg": msg})
+        if msgs := missing_problems(c, v, True, advice):
+            problems.extend([{"loc": ("file", c), "msg": m} for m in msgs])
             continue
         parts.append(v[:, None])
-    if errors:
-        raise TableError(errors)
+    problems.check()
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float64)

@@ -98,6 +98,28 @@ class ApiClient:
                 time.sleep(pause)
             delay = min(delay * 2, 5.0)
 
+    def download(self, path: str, dest: Any, params: Any = None) -> int:
+        """Stream a GET's body into the binary file ``dest`` (not held in memory); the bytes written.
+
+        Not retried: a failure part way would leave a partial file behind.
+        """
+        try:
+            with self._http.stream("GET", path, params=params) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    try:
+                        detail = r.json().get("detail")
+                    except ValueError:
+                        detail = r.text
+                    raise ApiError(r.status_code, detail)
+                n = 0
+                for chunk in r.iter_bytes():
+                    dest.write(chunk)
+                    n += len(chunk)
+                return n
+        except httpx.TransportError as exc:
+            raise ApiError(503, f"API unreachable: {exc.__class__.__name__}: {exc}") from exc
+
     # --- the worker protocol ---------------------------------------------------------
 
     def register(self, name: str, hostname: str, device: str) -> dict[str, Any]:

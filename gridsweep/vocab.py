@@ -30,10 +30,13 @@ def resolve_loss(loss: str, task: str, n_classes: int) -> str:
             return "mse"
         return "bce" if n_classes == 2 else "cross_entropy"
     if task == "regression" and loss not in REGRESSION_LOSSES:
-        raise ValueError(f"loss {loss!r} does not fit a regression task (use one of {REGRESSION_LOSSES})")
+        raise ValueError(
+            f"loss {loss!r} does not fit a regression task (use one of {', '.join(REGRESSION_LOSSES)})"
+        )
     if task == "classification" and loss not in CLASSIFICATION_LOSSES:
         raise ValueError(
-            f"loss {loss!r} does not fit a classification task (use one of {CLASSIFICATION_LOSSES})"
+            f"loss {loss!r} does not fit a classification task "
+            f"(use one of {', '.join(CLASSIFICATION_LOSSES)})"
         )
     if loss == "bce" and n_classes != 2:
         raise ValueError(f"loss 'bce' needs exactly 2 classes, the dataset has {n_classes}")

@@ -257,7 +257,7 @@ def test_repeated_submit_with_the_same_key_returns_the_same_sweep(live: Live, tm
     for _ in range(2):
         r = CliRunner().invoke(submit, [spec, "--server", live.url, "--idempotency-key", key, "--json"])
         assert r.exit_code == 0, r.stderr
-        ids.append(json.loads(r.stdout)["id"])
+        ids.append(json.loads(r.stdout)["sweep_id"])
     assert ids[0] == ids[1]
 
 

@@ -62,7 +62,8 @@ def test_run_rejects_a_bad_spec_file_with_exit_code_2_and_the_field_path(tmp_pat
     db = f"sqlite:///{tmp_path / 'bad.db'}"
     bad = write_spec(tmp_path, {**SMALL, "parameters": {"activation": ["relu", "swish"]}})
     r = gridsweep("run", bad, "--db", db)
-    assert r.returncode == 2 and "parameters.activation[1]" in r.stderr and "'relu'" in r.stderr, r.stderr
+    assert r.returncode == 2 and "parameters.activation[1]" in r.stderr, r.stderr
+    assert "'swish' is not one of relu, tanh" in r.stderr, r.stderr
 
     r = gridsweep("run", str(tmp_path / "missing.yaml"), "--db", db)
     assert r.returncode == 2 and "cannot read" in r.stderr
@@ -84,7 +85,9 @@ def test_submit_wait_status_and_best_against_a_server(
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     sid = int(lines[0])
-    assert lines[1].startswith("best config (trial") and "held-out test_accuracy" in r.stdout
+    # The sweep's line, the leaderboard, then the best config.
+    assert lines[1].startswith(f"sweep {sid} succeeded: 2/2 trials done") and lines[2].startswith("rank")
+    assert any(ln.startswith("best config (trial") for ln in lines) and "held-out test_accuracy" in r.stdout
     assert "[2/2] trial" in r.stderr and f"sweep {sid} succeeded" in r.stderr  # progress, then the verdict
 
     r = gridsweep("status", str(sid), "--server", server.url)
@@ -101,7 +104,7 @@ def test_submit_wait_status_and_best_against_a_server(
     r = gridsweep("submit", write_spec(tmp_path, wrong, "wrong.yaml"), "--server", server.url)
     assert r.returncode == 2 and "metric.name: val_accuracy needs a classification dataset" in r.stderr
     r = gridsweep("status", "9999", "--server", server.url)
-    assert r.returncode == 1 and "sweep 9999 not found" in r.stderr
+    assert r.returncode == 2 and "Error: no sweep 9999" in r.stderr
 
 
 def test_db_upgrade(empty_db_url: str) -> None:

@@ -65,8 +65,8 @@ def test_each_rejection_names_column_and_row_and_stores_nothing(client: TestClie
     bad.loc[3, "x1"] = np.nan
     bad.loc[6, "x2"] = np.inf
     errs = errors(upload(client, csv_bytes(bad), target="label", categorical=["color"]))
-    assert any(loc == ["body", "file", "x1"] and "missing value in row 4" in m for loc, m in errs)
-    assert any(loc == ["body", "file", "x2"] and "infinite value in row 7" in m for loc, m in errs)
+    assert any(loc == ["body", "file", "x1"] and "1 missing value(s) in row 4" in m for loc, m in errs)
+    assert any(loc == ["body", "file", "x2"] and "1 infinite value(s) in row 7" in m for loc, m in errs)
     assert all("drop" in m for _, m in errs)
     # A missing target value.
     bad = df.copy()

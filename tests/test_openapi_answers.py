@@ -46,7 +46,7 @@ def test_options_on_a_route_of_several_methods_lists_them_all(
         "/api/v1/datasets/x": {"GET", "DELETE"},
         "/api/v1/tokens": {"GET", "POST"},
         "/api/v1/workers": {"GET", "POST"},
-        f"/api/v1/sweeps/{created['id']}": {"GET"},
+        f"/api/v1/sweeps/{created['id']}": {"GET", "DELETE"},
     }
     for path, methods in cases.items():
         for probe in ("OPTIONS", "PUT", "PATCH"):

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app.db import Database
 from app.services.sweeps import dataset_facts
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
+from app.spec_errors import plain_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 MOONS = DataFacts("classification", 2, n_features=2)
@@ -24,10 +25,11 @@ def spec(**kw: Any) -> SweepSpec:
 
 
 def rejected(raw: dict[str, Any]) -> list[tuple[str, str]]:
-    """The (field path, message) pairs a spec is rejected with at parse time."""
+    """The (field path, message) pairs a spec is rejected with at parse time, in plain words."""
+    body = {"name": "t", "dataset": "moons", **raw}
     with pytest.raises(ValidationError) as info:
-        SweepSpec.model_validate({"name": "t", "dataset": "moons", **raw})
-    return [(format_loc(e["loc"]), e["msg"]) for e in info.value.errors()]
+        SweepSpec.model_validate(body)
+    return [(format_loc(e["loc"]), e["msg"]) for e in plain_errors(info.value.errors(), body, SweepSpec)]
 
 
 def spec_errors(
@@ -46,31 +48,37 @@ def spec_errors(
 # --------------------------------------------------------------------------- parse-time rejections
 
 PARSE_REJECTIONS = [
-    # (spec fields, field path, a piece of the reason)
-    ({"dataset_name": "moons"}, "dataset_name", "Extra inputs"),
-    ({"parameters": {"depth": [1, 2]}}, "parameters.depth", "Extra inputs"),
-    ({"metric": {"name": "val_loss", "direction": "min"}}, "metric.direction", "Extra inputs"),
-    ({"split": {"train": 0.6}}, "split.train", "Extra inputs"),
-    ({"parameters": {"activation": ["relu", "swish"]}}, "parameters.activation[1]", "'tanh'"),
-    ({"parameters": {"optimizer": "rmsprop"}}, "parameters.optimizer[0]", "'adamw'"),
-    ({"parameters": {"loss": "hinge"}}, "parameters.loss[0]", "'cross_entropy'"),
-    ({"metric": {"name": "accuracy"}}, "metric.name", "'val_accuracy'"),
+    # (spec fields, field path, a piece of the reason): plain words, the allowed values without
+    # Python syntax, a scalar's error at the scalar's own path (not `[0]`).
+    ({"dataset_name": "moons"}, "dataset_name", "unknown key 'dataset_name': did you mean dataset?"),
+    ({"parameters": {"depth": [1, 2]}}, "parameters.depth", "unknown key 'depth'"),
+    ({"parameters": {"hiden_units": 8}}, "parameters.hiden_units", "did you mean hidden_units?"),
+    ({"metric": {"name": "val_loss", "direction": "min"}}, "metric.direction", "allowed keys: name, goal"),
+    ({"split": {"train": 0.6}}, "split.train", "allowed keys: validation, test, seed"),
+    ({"parameters": {"activation": ["relu", "swish"]}}, "parameters.activation[1]", "relu, tanh, sigmoid"),
+    ({"parameters": {"optimizer": "rmsprop"}}, "parameters.optimizer", "not one of sgd, momentum, adam"),
+    ({"parameters": {"loss": "hinge"}}, "parameters.loss", "mae, huber, bce, cross_entropy"),
+    ({"metric": {"name": "accuracy"}}, "metric.name", "did you mean val_accuracy?"),
+    ({"metric": [1]}, "metric", "must be a mapping with keys name, goal, threshold, got [1]"),
     ({"parameters": {"learning_rate": [0.1, 0]}}, "parameters.learning_rate[1]", "greater than 0"),
-    ({"parameters": {"learning_rate": -0.01}}, "parameters.learning_rate[0]", "greater than 0"),
+    ({"parameters": {"learning_rate": -0.01}}, "parameters.learning_rate", "must be greater than 0"),
+    ({"parameters": {"batch_size": "big"}}, "parameters.batch_size", "must be a whole number, got 'big'"),
     (
         {"parameters": {"learning_rate": {"values": [0.01, -1]}}},
         "parameters.learning_rate[1]",
         "greater than 0",
     ),
-    ({"parameters": {"learning_rate": float("inf")}}, "parameters.learning_rate[0]", "finite"),
-    ({"parameters": {"layers": []}}, "parameters.layers", "at least 1 item"),
-    ({"parameters": {"activation": {"values": []}}}, "parameters.activation", "at least 1 item"),
-    ({"parameters": {"hidden_units": [[]]}}, "parameters.hidden_units[0]", "at least 1 item"),
-    ({"seeds": []}, "seeds", "at least 1 item"),
+    ({"parameters": {"learning_rate": float("inf")}}, "parameters.learning_rate", "finite"),
+    ({"parameters": {"layers": []}}, "parameters.layers", "must not be empty"),
+    ({"parameters": {"activation": {"values": []}}}, "parameters.activation", "must not be empty"),
+    ({"parameters": {"hidden_units": [[]]}}, "parameters.hidden_units[0]", "must not be empty"),
+    ({"seeds": []}, "seeds", "must not be empty"),
     ({"seeds": [0, 1, 0]}, "seeds", "distinct"),
+    ({"method": "random"}, "method", "the only search method is grid"),
+    ({"refit": "maybe"}, "refit", "must be true or false"),
     ({"split": {"validation": 0.5, "test": 0.5}}, "split", "leaves no training data"),
     ({"split": {"validation": 0.7, "test": 0.4}}, "split", "leaves no training data"),
-    ({"split": {"seed": 2**62}}, "split.seed", "less than or equal"),
+    ({"split": {"seed": 2**62}}, "split.seed", "must be at most 2147483647"),
     (
         {"parameters": {"learning_rate": {"min": 0.001, "max": 0.1}}},
         "parameters.learning_rate",
@@ -81,9 +89,9 @@ PARSE_REJECTIONS = [
         "parameters.dropout",
         "no distributions",
     ),
-    ({"parameters": {"epochs": 0}}, "parameters.epochs[0]", "greater than 0"),
-    ({"parameters": {"dropout": 1.0}}, "parameters.dropout[0]", "less than 1"),
-    ({"parameters": {"layers": 65}}, "parameters.layers[0]", "less than or equal to 64"),
+    ({"parameters": {"epochs": 0}}, "parameters.epochs", "greater than 0"),
+    ({"parameters": {"dropout": 1.0}}, "parameters.dropout", "less than 1"),
+    ({"parameters": {"layers": 65}}, "parameters.layers", "must be at most 64"),
 ]
 
 
@@ -96,10 +104,29 @@ def test_parse_rejections_name_the_field_and_the_reason(raw: dict, loc: str, rea
     assert any(reason in msg for e_loc, msg in errors if e_loc.startswith(loc)), errors
 
 
-def test_name_and_dataset_are_required() -> None:
+def test_dataset_is_required_name_is_not() -> None:
     with pytest.raises(ValidationError) as info:
         SweepSpec.model_validate({"parameters": {}})
-    assert {format_loc(e["loc"]) for e in info.value.errors()} == {"name", "dataset"}
+    assert [(e["loc"], e["msg"]) for e in plain_errors(info.value.errors(), {}, SweepSpec)] == [
+        (["dataset"], "is required")
+    ]
+    assert SweepSpec.model_validate({"dataset": "moons"}).name is None
+
+
+def test_scalars_where_lists_are_taken_and_the_wandb_spellings() -> None:
+    s = SweepSpec.model_validate({"dataset": "moons", "seeds": 0, "method": "grid", "metric": "val_error"})
+    assert s.seeds == [0] and s.method == "grid" and s.metric.name == "val_error"
+    assert s.metric.goal == "minimize"
+
+
+def test_a_union_is_one_message_at_the_scalars_path() -> None:
+    # hidden_units takes a width or a per-layer list: both branches refuse "x", one message says so.
+    assert rejected({"parameters": {"hidden_units": "x"}}) == [
+        ("parameters.hidden_units", "must be a whole number or a list, got 'x'")
+    ]
+    assert rejected({"parameters": {"hidden_units": [8, [0]]}}) == [
+        ("parameters.hidden_units[1][0]", "must be greater than 0, got 0")
+    ]
 
 
 # --------------------------------------------------------------------------- rejections that need the dataset
@@ -150,7 +177,7 @@ def test_a_model_over_the_size_limit_is_rejected_at_its_widths() -> None:
 def test_repeated_grid_values_are_rejected_at_their_axis() -> None:
     """A value twice would train the same configs twice (seeds already must be distinct)."""
     assert rejected({"parameters": {"learning_rate": [0.1, 0.01, 0.1]}}) == [
-        ("parameters.learning_rate", "Value error, values must be distinct, got [0.1, 0.01, 0.1] (0.1 twice)")
+        ("parameters.learning_rate", "values must be distinct, got [0.1, 0.01, 0.1] (0.1 twice)")
     ]
     # `auto` is bce on two classes: [auto, bce] is one loss twice; on three classes it is two.
     s = spec(parameters={"loss": ["auto", "bce", "cross_entropy"]})
@@ -340,3 +367,38 @@ def test_pack_key_groups_trials_that_can_train_together() -> None:
     for r in rows:
         by_bs.setdefault(r.params["batch_size"], set()).add(r.pack_key)
     assert all(len(k) == 1 for k in by_bs.values()) and len(set().union(*by_bs.values())) == 2
+
+
+# --------------------------------------------------------------------------- spec files (YAML)
+
+
+def test_spec_files_name_file_line_and_column_and_refuse_duplicated_keys(tmp_path: Path) -> None:
+    from gridsweep.specfile import SpecFileError, load_spec_file
+
+    def load(text: str, name: str = "s.yaml") -> dict:
+        path = tmp_path / name
+        path.write_text(text)
+        return load_spec_file(path)
+
+    assert load("dataset: moons\n", "my-grid.yaml")["name"] == "my-grid"  # named after the file
+    assert load("name: kept\ndataset: moons\n")["name"] == "kept"
+    with pytest.raises(SpecFileError) as info:
+        load("dataset: moons\nparameters:\n  epochs: 3\n  layers: [1]\n  epochs: 5\n")
+    assert str(info.value) == (
+        f"{tmp_path / 's.yaml'}, line 5, column 3: key 'epochs' appears twice in one mapping "
+        "(first at line 3); keep one of them"
+    )
+    with pytest.raises(SpecFileError) as info:
+        load("dataset: moons\n  seeds: [0]\n")
+    where = f"{tmp_path / 's.yaml'}, line 2, column 8"
+    assert str(info.value).startswith(f"{where}: mapping values are not allowed")
+    assert (info.value.line, info.value.column) == (2, 8)
+    with pytest.raises(SpecFileError, match=r"s.yaml: a spec is a mapping \(name, dataset, parameters"):
+        load("- moons\n")
+    with pytest.raises(SpecFileError, match="this is an empty file"):
+        load("")
+    with pytest.raises(SpecFileError, match=r"missing.yaml: cannot read it: No such file or directory"):
+        load_spec_file(tmp_path / "missing.yaml")
+    # A YAML merge key may override what it merges: that is no duplicate.
+    merged = load("base: &b {epochs: 2, layers: 1}\ndataset: moons\nparameters:\n  <<: *b\n  epochs: 3\n")
+    assert merged["parameters"] == {"epochs": 3, "layers": 1}

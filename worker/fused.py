@@ -116,8 +116,9 @@ def train_pack(
     * ``should_stop()`` before every step: True raises ``PackStopped`` (a worker that is
       shutting down stops within one step, not one epoch).
 
-    A trial's ``duration_seconds`` is its share of the pack's wall time (each epoch's
-    time split evenly among the trials that trained in it). ``mode`` chooses blocks
+    A trial's ``duration_seconds`` is its share of the pack's wall time: each epoch's time
+    split among the trials that trained in it by their size (their block's weights and
+    biases, padding included), so wider and deeper configs take the larger shares. ``mode`` chooses blocks
     (``plan_blocks``): ``auto``, ``group`` (exact architecture), ``pad`` (widths padded
     within a depth) or ``pad_all`` (widths and depths padded).
     ``allow_tf32`` lets CUDA matmuls use TF32 (faster, but ~1e-3 relative: float32
@@ -221,6 +222,8 @@ def _train_pack(
     for epoch in range(1, first.epochs + 1):
         te = time.perf_counter()
         ids = [i for b in blocks for i in b.ids]
+        # Each trial's share of the epoch's time is by its size (a block's padded weights and biases).
+        cost = {i: b.flat.shape[1] for b in blocks for i in b.ids}
         perm = epoch_permutation(n_fit, data.split_seed, epoch).to(device)
         # One gather per epoch; each batch is then a contiguous slice (same rows as X_fit[idx]).
         Xp, yp = X_fit[perm], y_fit[perm]
@@ -242,12 +245,12 @@ def _train_pack(
         evals = [evaluate_block(b, data.X_val, data.y_val, loss_name, data.task) for b in blocks]
         val_loss = torch.cat([e[0] for e in evals]).tolist()
         acc = torch.cat([e[1] for e in evals]).tolist() if data.task == "classification" else None
-        share = (time.perf_counter() - te) / len(ids)
+        per_weight = (time.perf_counter() - te) / max(1, sum(cost.values()))
 
         out: dict[int, tuple[str, str | None]] = {}
         fine: dict[int, EpochMetrics] = {}
         for j, i in enumerate(ids):
-            busy[i] += share
+            busy[i] += per_weight * cost[i]
             a = None if acc is None else acc[j]
             m = EpochMetrics(epoch, train_loss[j], val_loss[j], None if a is None else 1.0 - a, a)
             history[i].append(m)

@@ -28,7 +28,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from app.spec import SpecError
+from app.spec import SpecError, SweepSpec
+from app.spec_errors import plain_errors
 from gridsweep.text import clean_text
 
 log = logging.getLogger("gridsweep.api")
@@ -69,10 +70,20 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad `input` as is: a NaN (Python's JSON parser takes
-        # them) or a lone surrogate cannot be rendered and turned the 422 into a 500.
-        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # In plain words (app.spec_errors). FastAPI's own handler echoes each bad `input` as is:
+        # a NaN (Python's JSON parser takes them) or a lone surrogate cannot be rendered (a 500).
+        spec = request.method == "POST" and request.url.path == "/api/v1/sweeps"
+        errors = exc.errors()
+        # A JSON body's errors are matched against the body (a scalar stands for a list of one);
+        # a form's, a query's, a path's or a header's keep their own loc, whole.
+        json_body = isinstance(exc.body, dict | list)
+        in_body = [e for e in errors if json_body and tuple(e.get("loc", ()))[:1] == ("body",)]
+        detail = plain_errors(in_body, body=exc.body, root=SweepSpec if spec else None, skip=1)
+        for e in errors:
+            if e not in in_body:
+                detail += plain_errors([e], skip=len(e.get("loc", ())))
+        return JSONResponse({"detail": json_safe(jsonable_encoder(detail))}, status_code=422)
 
     @app.exception_handler(SpecError)
     async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:

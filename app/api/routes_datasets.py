@@ -49,6 +49,8 @@ def dataset_read(ds: Dataset, created: bool | None = None) -> DatasetRead:
             "task_source": ds.schema.get("task_source", "given"),
             "task_reason": ds.schema.get("task_reason", ""),
             "created": created,
+            "n_dropped": ds.schema.get("n_dropped", 0),
+            "dropped_rows": ds.schema.get("dropped_rows", []),
         }
     )
 
@@ -118,7 +120,6 @@ def get_dataset(ref: DatasetRef, session: ReadSessionDep) -> DatasetDetail:
         columns=ds.schema["columns"],
         feature_names=ds.schema["feature_names"],
         encoding=ds.schema["encoding"],
-        n_dropped=ds.schema.get("n_dropped", 0),
         options=ds.schema.get("options", {}),
         sweep_ids=list(sweep_ids),
     )

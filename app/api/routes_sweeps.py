@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import ERROR_RESPONSES, MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
@@ -14,6 +16,7 @@ from app.edge_types import Text
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
     BestRead,
+    ErrorRead,
     LeaderboardEntry,
     Page,
     SweepCreate,
@@ -22,12 +25,13 @@ from app.schemas import (
     TrialDetail,
     TrialRead,
 )
-from app.services import idempotency
+from app.services import export, idempotency, sweep_admin
 from app.services import sweeps as sweep_service
-from app.services.reads import best_read, sweep_read, trial_detail
+from app.services.progress import sweep_progress
+from app.services.reads import best_read, sweep_read, trial_detail, trial_read
 from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
-# Read tokens may GET; creating and canceling sweeps needs the submit scope.
+# Read tokens may GET; creating, canceling and deleting sweeps needs the submit scope.
 router = APIRouter(
     prefix="/api/v1",
     tags=["sweeps"],
@@ -88,7 +92,8 @@ def list_sweeps(
     limit = min(limit, settings.max_page_size)
     rows, total = sweep_service.list_sweeps(session, limit, offset)
     counts = sweep_service.trial_counts(session, [s.id for s in rows])
-    items = [sweep_read(session, s, counts[s.id]) for s in rows]
+    progress = sweep_progress(session, rows)
+    items = [sweep_read(session, s, counts[s.id], progress[s.id]) for s in rows]
     return Page[SweepRead](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -154,7 +159,7 @@ def get_trials(
         limit=limit,
         offset=offset,
     )
-    items = [TrialRead.model_validate(t) for t in rows]
+    items = [trial_read(t) for t in rows]
     return Page[TrialRead](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -163,6 +168,56 @@ def cancel_sweep(sweep_id: IdPath, session: SessionDep) -> SweepRead:
     """Cancel a sweep: queued trials now, running ones at their next epoch."""
     sweep = sweep_service.cancel_sweep(session, _sweep_or_404(session, sweep_id))
     return sweep_read(session, sweep)
+
+
+@router.delete(
+    "/sweeps/{sweep_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"model": ErrorRead, "description": "the sweep is queued or running: cancel it first"}},
+)
+def delete_sweep(sweep_id: IdPath, session: SessionDep) -> Response:
+    """Delete an ended sweep with its trials, epochs and models (409 while queued or running)."""
+    try:
+        found = sweep_admin.delete_sweep(session, sweep_id)
+    except sweep_admin.SweepBusy as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/sweeps/{sweep_id}/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "one row per trial: a column per grid parameter, per metric, then how it ran",
+            "content": {"text/csv": {}, "application/vnd.apache.parquet": {}},
+        }
+    },
+)
+def export_sweep(
+    sweep_id: IdPath,
+    request: Request,
+    session: ReadSessionDep,
+    format: Literal["csv", "parquet"] = "csv",
+    role: Literal["search", "final", "refit", "rerun"] | None = None,
+) -> StreamingResponse:
+    """The sweep's trials (of ``role``, default all) as CSV or Parquet, streamed in batches."""
+    _sweep_or_404(session, sweep_id)
+    db = request.app.state.db
+
+    def chunks() -> Iterator[bytes]:  # its own transaction: the response outlives the route's
+        with db.session(readonly=True) as s:
+            sweep = _sweep_or_404(s, sweep_id)
+            batches = export.trial_batches(s, sweep, role, json_mode=format == "csv")
+            if format == "csv":
+                yield from export.csv_chunks(batches)
+            else:
+                yield from export.parquet_chunks(batches, sweep)
+
+    headers = {"Content-Disposition": f'attachment; filename="sweep-{sweep_id}.{format}"'}
+    return StreamingResponse(chunks(), media_type=export.FORMATS[format], headers=headers)
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail, tags=["trials"])

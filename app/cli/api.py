@@ -9,6 +9,7 @@ refused token is 3.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import click
@@ -23,24 +24,29 @@ EXIT_MISSED = 1  # the gate was missed, the sweep failed or was canceled, or ano
 EXIT_USAGE = 2  # invalid spec, request or usage
 EXIT_UNREACHABLE = 3  # server unreachable, or authentication refused
 EXIT_TIMEOUT = 4  # --timeout reached before the sweep ended
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the sweep itself goes on
 
 EXIT_CODES = {
     EXIT_OK: "the sweep succeeded and the gate (if any) was met",
     EXIT_MISSED: "the gate was missed, or the sweep failed or was canceled",
-    EXIT_USAGE: "invalid spec or usage",
-    EXIT_UNREACHABLE: "server unreachable, or authentication refused",
+    EXIT_USAGE: "invalid spec or usage, or no such sweep, trial or dataset",
+    EXIT_UNREACHABLE: "server or database unreachable, or authentication refused",
     EXIT_TIMEOUT: "--timeout reached before the sweep ended",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C) while waiting; the sweep goes on",
 }
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
 
 class CliError(click.ClickException):
-    """A message and one of the documented exit codes."""
+    """A message and one of the documented exit codes; ``errors``: the ``{loc, msg}`` behind it."""
 
     exit_code = EXIT_MISSED
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(
+        self, message: str, code: int | None = None, errors: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
+        self.errors = errors or []
         if code is not None:
             self.exit_code = code
 
@@ -55,6 +61,29 @@ class Unreachable(CliError):
     """No API answered, or it refused our token (exit 3)."""
 
     exit_code = EXIT_UNREACHABLE
+
+
+class NotFound(CliError):
+    """No such sweep, trial or dataset (exit 2, like any bad argument)."""
+
+    exit_code = EXIT_USAGE
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password as ``***``."""
+    from sqlalchemy.engine import make_url  # here: client-only commands need not import sqlalchemy
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: hide anything between ':' and '@'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def store_unreachable(url: str, exc: BaseException) -> Unreachable:
+    """One line for a database that cannot be opened: its URL (password masked) and the reason."""
+    reason = getattr(exc, "orig", None) or exc
+    first = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+    return Unreachable(f"cannot open the database at {masked_url(url)}: {first}")
 
 
 def format_api_errors(detail: Any) -> str:
@@ -74,15 +103,27 @@ def make_client(server: str) -> ApiClient:
     return ApiClient(server, token=os.environ.get("GRIDSWEEP_TOKEN"), retry_for=3.0)
 
 
+def _not_found(detail: Any) -> str:
+    """The API's ``sweep 999 not found`` as ``no sweep 999``."""
+    m = re.fullmatch(r"(\w+) (.+) not found", str(detail))
+    return f"no {m[1]} {m[2]}" if m else str(detail)
+
+
 def call(client: ApiClient, method: str, path: str, **kw: Any) -> Any:
     """One API call; failures become the documented exit codes."""
     try:
         return client.request(method, path, **kw)
     except ApiError as exc:
         if exc.status_code in (400, 413, 422):
+            errors = exc.detail if isinstance(exc.detail, list) else [{"loc": [], "msg": str(exc.detail)}]
             raise BadInput(
-                f"the server rejected the request ({exc.status_code}):\n" + format_api_errors(exc.detail)
+                f"the server rejected the request ({exc.status_code}):\n" + format_api_errors(exc.detail),
+                errors=errors,
             ) from exc
+        if exc.status_code == 404:
+            raise NotFound(_not_found(exc.detail)) from exc
+        if exc.status_code == 409:
+            raise CliError(f"refused (409): {exc.detail}") from exc
         if exc.status_code in (401, 403):
             raise Unreachable(f"authentication refused ({exc.status_code}): {exc.detail}") from exc
         if exc.status_code == 503:

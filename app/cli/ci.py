@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -17,10 +18,11 @@ from pydantic import ValidationError
 from app.cli import output as out
 from app.cli import reports
 from app.cli import waiting as ci
-from app.cli.api import EXIT_CODES_HELP, BadInput, call, make_client
+from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, BadInput, call, make_client
 from app.cli.options import server_option
 from app.cli.reports import Gate
 from app.config import Settings
+from gridsweep.client import ApiClient
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -77,9 +79,11 @@ def submit(
 
     The gate compares the best config's validation metric (mean over seeds) with
     --fail-above / --fail-below, or else with the spec's metric.threshold read with its
-    goal (minimize: fail above it; maximize: fail below it). Off a terminal or with
-    CI=true, progress is one plain line per finished trial; on GitHub Actions a
-    failed gate also prints an ::error:: annotation.
+    goal (minimize: fail above it; maximize: fail below it). On a terminal a progress
+    bar shows trials, epochs, the best so far, elapsed time and the ETA; off a terminal or
+    with CI=true, progress is one plain line per finished trial; on GitHub Actions a
+    failed gate also prints an ::error:: annotation. Ctrl-C stops waiting (exit 130):
+    the sweep goes on.
     """
     if fail_above is not None and fail_below is not None and fail_below > fail_above:
         raise click.UsageError("--fail-below is above --fail-above: no value could pass")
@@ -100,15 +104,54 @@ def submit(
         headers={ci.IDEMPOTENCY_HEADER: key} if key else None,
     )
     sid = created["id"]
+    progress = ci.Progress(client, sid, ci.plain_output())
+    try:  # from here on, Ctrl-C leaves the sweep to the server (exit 130)
+        _follow(
+            client, created, progress, started, server=server, key=key, wait=wait, as_json=as_json,
+            gate=gate, timeout=timeout, poll=poll, top=top, junit=junit, summary_md=summary_md,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        progress.close()
+        interrupted(sid, server, as_json)
+
+
+def _follow(
+    client: ApiClient,
+    created: dict[str, Any],
+    progress: ci.Progress,
+    started: float,
+    *,
+    server: str,
+    key: str | None,
+    wait: bool,
+    as_json: bool,
+    gate: Gate | None,
+    timeout: float | None,
+    poll: float,
+    top: int,
+    junit: str | None,
+    summary_md: str | None,
+) -> None:
+    """After the submit: print the id, wait, judge, report (see ``submit``)."""
+    sid = created["id"]
     if not as_json:
         click.echo(sid)
     keyed = f" (idempotency key {key})" if key else ""
     click.echo(f"sweep {sid} {created['status']} with {created['n_trials']} trials{keyed}", err=True)
     if not wait:
-        if as_json:
-            out.echo_json({**created, "idempotency_key": key})
+        if as_json:  # the shape of every --json result: the sweep as it stands, verdict "submitted"
+            sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")
+            verdict = reports.Verdict(
+                EXIT_OK, "submitted", f"sweep {sid} submitted: {created['n_trials']} trials"
+            )
+            elapsed = round(time.monotonic() - started, 3)
+            out.echo_json(
+                reports.result_json(
+                    sweep, verdict, gate, [], idempotency_key=key, server=server, elapsed_seconds=elapsed
+                )
+            )
         return
-    sweep, timed_out = ci.wait_for(client, sid, poll, timeout, ci.Progress(client, sid, ci.plain_output()))
+    sweep, timed_out = ci.wait_for(client, sid, poll, timeout, progress)
     verdict = reports.evaluate(sweep, gate, timed_out, timeout)
     board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
     elapsed = time.monotonic() - started
@@ -122,12 +165,26 @@ def submit(
         )
         out.echo_json(result)
     else:
+        click.echo(out.progress_line(sweep))
+        click.echo(out.leaderboard_table(sweep, board))
         click.echo(out.best_text(sweep.get("best")))
     click.echo(verdict.message, err=True)
     if os.environ.get("GITHUB_ACTIONS") == "true" and not verdict.ok:
         click.echo(reports.github_error(verdict), err=as_json)  # stdout keeps pure JSON with --json
     if verdict.code:
         sys.exit(verdict.code)
+
+
+def interrupted(sweep_id: int, server: str, as_json: bool) -> NoReturn:
+    """Ctrl-C while waiting: the sweep goes on on the server; say so, and how to cancel it (exit 130)."""
+    message = (
+        f"interrupted: sweep {sweep_id} goes on on the server ({server}); "
+        f"follow it with `gridsweep status {sweep_id}`, cancel it with `gridsweep cancel {sweep_id}`"
+    )
+    if as_json:
+        out.echo_json({"sweep_id": sweep_id, "error": message, "exit_code": EXIT_INTERRUPTED, "errors": []})
+    click.echo(message, err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command()

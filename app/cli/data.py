@@ -72,6 +72,14 @@ def upload(
         err=True,
     )
     click.echo(f"  task {ds['task_source']}: {ds['task_reason']}", err=True)
+    if ds.get("n_dropped"):
+        rows = ds.get("dropped_rows") or []
+        shown = ", ".join(map(str, rows[:20])) + (", ..." if ds["n_dropped"] > min(len(rows), 20) else "")
+        click.echo(
+            f"  dropped {ds['n_dropped']} row(s) with missing or infinite values (--drop-missing): "
+            f"rows {shown}",
+            err=True,
+        )
 
 
 @dataset.command("list")
@@ -192,7 +200,11 @@ def rerun(trial_id: int, server: str, as_json: bool) -> None:
         click.echo(json.dumps(t, indent=2))
         return
     click.echo(t["id"])
-    click.echo(f"trial {t['id']} queued: a rerun of trial {trial_id} (seed {t['seed']})", err=True)
+    click.echo(
+        f"trial {t['id']} queued: a rerun of trial {trial_id} (seed {t['seed']}); "
+        f"see its result with `gridsweep trial {t['id']}`",
+        err=True,
+    )
 
 
 COMMANDS = (dataset, model, predict, rerun)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from app.cli.api import BadInput, masked_url, store_unreachable
 from app.config import Settings, get_settings
 from worker.packing import parse_pack_size
 
@@ -41,6 +42,21 @@ pack_size_flag = click.option(
     callback=lambda _ctx, _param, value: pack_size_option(value),
     help="Trials claimed and trained at once (fused); 1 trains one by one; auto: 64 on CPU, 512 on CUDA.",
 )
+
+
+def open_store(url: str) -> None:
+    """Create or upgrade the store's schema; a database that cannot be opened is one line naming
+    its URL (password masked), exit 3; a URL that is not one is a usage error (exit 2)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    from app.migrate import upgrade
+
+    try:
+        upgrade(url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise BadInput(f"not a database URL: {masked_url(url)} ({exc})") from None
+    except DBAPIError as exc:
+        raise store_unreachable(url, exc) from None
 
 
 def settings_for(db: str | None) -> Settings:

@@ -4,32 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from pydantic import ValidationError
 
 from app.cli.api import BadInput
 from app.spec import SweepSpec, format_loc
+from app.spec_errors import plain_errors
+from gridsweep.specfile import SpecFileError, load_spec_file
 
 
 def load_spec(path: str) -> SweepSpec:
-    """Read and validate a YAML (or JSON) spec file; errors name the field path."""
+    """Read and validate a YAML (or JSON) spec file; errors name the file, line and column, or
+    the field path, in plain words. A spec without ``name`` is named after the file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path}: a spec is a mapping (name, dataset, parameters, ...)")
+        raw = load_spec_file(path)
+    except SpecFileError as exc:
+        raise BadInput(str(exc), errors=[{"loc": [], "msg": str(exc)}]) from exc
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise BadInput(f"{path} is not a valid spec:\n" + "\n".join(lines)) from exc
+        errors = plain_errors(exc.errors(), body=raw, root=SweepSpec)
+        lines = [f"  {format_loc(e['loc'])}: {e['msg']}" for e in errors]
+        raise BadInput(f"{path} is not a valid spec:\n" + "\n".join(lines), errors=errors) from exc
 
 
 def fmt(v: Any) -> str:
@@ -86,19 +84,66 @@ def best_text(best: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def clock(seconds: float | None) -> str:
+    """A duration as ``1:02:03`` or ``2:03`` (``-`` when unknown)."""
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
+
+
+def trials_done(sweep: dict[str, Any]) -> int:
+    return sum(sweep["counts"].get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled"))
+
+
+def epochs_text(sweep: dict[str, Any]) -> str:
+    """``epochs 1204/2400`` and, while trials train, ``(4 running at 237/500)``."""
+    text = f"epochs {sweep.get('epochs_done', 0)}/{sweep.get('epochs_planned', 0)}"
+    if sweep.get("running"):
+        text += (
+            f" ({sweep['running']} running at "
+            f"{sweep.get('running_epochs_done', 0)}/{sweep.get('running_epochs_planned', 0)})"
+        )
+    return text
+
+
+def best_so_far(sweep: dict[str, Any]) -> str:
+    best = sweep.get("best")
+    return f"best {sweep['metric']['name']} {best['validation']['mean']:.4f}" if best else "no best yet"
+
+
+PHASE_WORDS = {
+    "evaluating": "evaluating the best config on the test split",
+    "canceling": "canceled, running trials stopping",
+}
+
+
 def progress_line(sweep: dict[str, Any]) -> str:
     c = sweep["counts"]
-    done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled"))
     best = sweep.get("best")
-    b = f", best {sweep['metric']['name']} {best['validation']['mean']:.4f}" if best else ""
-    extra = "".join(f", {c[s]} {s}" for s in ("failed", "diverged") if c.get(s))
-    return f"sweep {sweep['id']} {sweep['status']}: {done}/{sweep['n_trials']} trials done{extra}{b}"
+    b = f", {best_so_far(sweep)}" if best else ""
+    extra = "".join(f", {c[s]} {s}" for s in ("failed", "diverged", "canceled") if c.get(s))
+    phase = sweep.get("phase")
+    words = f" ({PHASE_WORDS[phase]})" if phase in PHASE_WORDS else ""
+    line = (
+        f"sweep {sweep['id']} {sweep['status']}{words}: {trials_done(sweep)}/{sweep['n_trials']} trials done"
+    )
+    line += f"{extra}, {epochs_text(sweep)}{b}"
+    if sweep.get("duration_seconds") is not None:
+        line += f", took {clock(sweep['duration_seconds'])}"
+    elif sweep.get("elapsed_seconds") is not None:
+        line += f", elapsed {clock(sweep['elapsed_seconds'])}"
+        if sweep.get("eta_seconds") is not None:
+            line += f", ETA {clock(sweep['eta_seconds'])}"
+    return line
 
 
-def progress_bar(sweep: dict[str, Any], width: int = 30) -> str:
-    frac = sweep["progress"]
-    filled = int(frac * width)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {progress_line(sweep)}"
+def table(head: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def echo_json(obj: Any) -> None:

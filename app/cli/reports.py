@@ -111,7 +111,7 @@ def result_json(
     leaderboard: list[dict[str, Any]],
     **extra: Any,
 ) -> dict[str, Any]:
-    """The machine-readable result (``--json``)."""
+    """The machine-readable result (``--json`` of ``submit --wait`` and of ``run``: one shape)."""
     return {
         "sweep_id": sweep["id"],
         "name": sweep["name"],
@@ -126,6 +126,7 @@ def result_json(
         "leaderboard": leaderboard,
         "counts": sweep["counts"],
         "n_trials": sweep["n_trials"],
+        "sweep": sweep,
         **extra,
     }
 

@@ -10,13 +10,14 @@ from typing import Any
 
 import click
 
-from app.cli.api import Unreachable
+from app.cli.api import Unreachable, masked_url
 from app.cli.local import gridsweep_cmd, local_threads, spawn, stop_all, wait_healthy
 from app.cli.options import (
     auth_option,
     check_exposure,
     db_option,
     insecure_option,
+    open_store,
     pack_size_flag,
     server_option,
     settings_for,
@@ -34,11 +35,9 @@ def db() -> None:
 @db_option
 def db_upgrade(db: str | None) -> None:
     """Create or upgrade the store's schema to the latest migration."""
-    from app.migrate import upgrade
-
     url = settings_for(db).database_url
-    upgrade(url)
-    click.echo(f"database at head: {url.split('@')[-1]}")
+    open_store(url)
+    click.echo(f"database at head: {masked_url(url)}")
 
 
 @click.command()
@@ -55,9 +54,7 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
         settings = settings.model_copy(update={"auth": auth})
     check_exposure(settings, host, insecure)
     if not no_upgrade:
-        from app.migrate import upgrade
-
-        upgrade(settings.database_url)
+        open_store(settings.database_url)
     from app.api import create_app
     from app.api.slow_clients import serve as serve_api
 

@@ -2,7 +2,7 @@
 
 Pydantic describes a parameter as the list it is normalized to; a spec may also write
 a scalar or the W&B forms ``{value: x}`` / ``{values: [...]}``, so each parameter's
-schema is widened to those four spellings.
+schema is widened to those four spellings. ``seeds`` may be one seed, ``metric`` a name.
 """
 
 from __future__ import annotations
@@ -45,4 +45,17 @@ def spec_json_schema() -> dict[str, Any]:
     params = schema["$defs"]["Parameters"]["properties"]
     for name, prop in list(params.items()):
         params[name] = _axis(prop)
+    props = schema["properties"]
+    seeds = props["seeds"]
+    props["seeds"] = {
+        "title": seeds.get("title"),
+        "default": seeds.get("default"),
+        "anyOf": [seeds["items"], seeds],
+    }
+    names = schema["$defs"]["MetricSpec"]["properties"]["name"]
+    metric = props["metric"]
+    props["metric"] = {
+        "default": metric.get("default"),
+        "anyOf": [{k: v for k, v in names.items() if k != "default"}, metric],
+    }
     return {"$schema": DIALECT, **schema, "title": "gridsweep sweep spec"}

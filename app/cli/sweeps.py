@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
 from app.cli import output as out
-from app.cli.api import call, make_client
+from app.cli import reports
+from app.cli.api import EXIT_INTERRUPTED, call, make_client, masked_url
 from app.cli.local import ThreadServer, free_port, gridsweep_cmd, local_threads, spawn, stop_all
-from app.cli.options import db_option, pack_size_flag, server_option, settings_for
-from app.cli.waiting import TERMINAL
+from app.cli.options import db_option, open_store, pack_size_flag, server_option, settings_for
+from app.cli.waiting import TERMINAL, Follower
 
 
 @click.command()
@@ -20,12 +22,17 @@ from app.cli.waiting import TERMINAL
 @click.option("--device", default="auto", show_default=True)
 @pack_size_flag
 @click.option("--top", default=10, show_default=True, help="Configs in the leaderboard.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (the shape of submit --json)."
+)
 def run(
     spec_file: str, db: str | None, workers: int, device: str, pack_size: int | None, top: int, as_json: bool
 ) -> None:
-    """Run one sweep to the end locally (no separate server) and print the leaderboard."""
-    from app.migrate import upgrade
+    """Run one sweep to the end locally (no separate server) and print the leaderboard.
+
+    On a terminal a progress bar shows trials, epochs, the best so far, elapsed time and
+    the ETA; off a terminal, one plain line per finished trial.
+    """
     from worker.loop import Worker
     from worker.train import select_device
 
@@ -36,7 +43,8 @@ def run(
         raise click.UsageError(str(exc)) from exc
     # An in-process API on loopback for this one run: its own workers need no token.
     settings = settings_for(db).model_copy(update={"auth": "off"})
-    upgrade(settings.database_url)
+    open_store(settings.database_url)
+    started = time.monotonic()
     with ThreadServer(settings, port=free_port()) as srv:
         client = make_client(srv.url)
         created = call(client, "POST", "/api/v1/sweeps", json=spec.model_dump(mode="json"))
@@ -78,19 +86,35 @@ def run(
                 allow_tf32=settings.allow_tf32,
             )
             w.install_signal_handlers()
-            w.run()
+            with Follower(make_client(srv.url), sid):
+                w.run()
         finally:
             stop_all(helpers)
         sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")
         board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
+    if sweep["status"] not in TERMINAL:  # Ctrl-C: the worker stopped, the sweep waits in the store
+        message = (
+            f"interrupted: sweep {sid} stays {sweep['status']} in {masked_url(settings.database_url)}; "
+            f"its trials wait for a worker (gridsweep up --db ...), or cancel it with gridsweep cancel {sid}"
+        )
+        if as_json:
+            out.echo_json({"sweep_id": sid, "error": message, "exit_code": EXIT_INTERRUPTED, "errors": []})
+        click.echo(message, err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    verdict = reports.evaluate(sweep, None, False, None)
     if as_json:
-        out.echo_json({"sweep": sweep, "leaderboard": board, "best": sweep.get("best")})
+        elapsed = round(time.monotonic() - started, 3)
+        out.echo_json(
+            reports.result_json(
+                sweep, verdict, None, board, idempotency_key=None, server=None, elapsed_seconds=elapsed
+            )
+        )
     else:
         click.echo(out.progress_line(sweep))
         click.echo(out.leaderboard_table(sweep, board))
         click.echo(out.best_text(sweep.get("best")))
-    if sweep["status"] != "succeeded":
-        sys.exit(1)
+    if verdict.code:
+        sys.exit(verdict.code)
 
 
 @click.command()
@@ -98,7 +122,7 @@ def run(
 @server_option
 @click.option("--json", "as_json", is_flag=True)
 def status(sweep_id: int, server: str, as_json: bool) -> None:
-    """Show a sweep's status and progress."""
+    """Show a sweep's status and progress: phase, trials and epochs done, elapsed time, ETA."""
     sweep = call(make_client(server), "GET", f"/api/v1/sweeps/{sweep_id}")
     if as_json:
         out.echo_json(sweep)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli.options import db_option
+from app.cli.options import db_option, open_store
 from app.config import get_settings
 from app.db import Database
 from app.models import TokenScope
@@ -16,10 +16,8 @@ from app.services import tokens as token_service
 
 
 def _database(db: str | None) -> Database:
-    from app.migrate import upgrade
-
     url = db or get_settings().database_url
-    upgrade(url)  # a fresh store gets its schema, an old one the token table
+    open_store(url)  # a fresh store gets its schema, an old one the token table
     return Database(url)
 
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import click
 from app.cli import output as out
 from app.cli import reports
 from app.cli.api import BadInput, call
+from app.cli.live import LiveBar
 from app.cli.reports import Gate
 from app.config import Settings
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
@@ -59,26 +61,33 @@ def ci_idempotency_key(env: dict[str, str], spec: SweepSpec) -> str | None:
 
 
 class Progress:
-    """A bar on a terminal; otherwise one plain line per finished trial."""
+    """A Rich bar on a terminal (``app.cli.live``); otherwise one plain line per finished trial."""
 
     def __init__(self, client: ApiClient, sweep_id: int, plain: bool) -> None:
         self.client, self.sweep_id, self.plain = client, sweep_id, plain
         self.seen: set[int] = set()
         self.testing_said = False
+        self.bar: LiveBar | None = None
+
+    def close(self) -> None:
+        """Leave the bar (if any) on screen in its last state."""
+        if self.bar is not None:
+            self.bar.close()
 
     def update(self, sweep: dict[str, Any]) -> None:
         if not self.plain:
-            click.echo("\r" + out.progress_bar(sweep), nl=False, err=True)
+            if self.bar is None:
+                self.bar = LiveBar(self.sweep_id)
+            self.bar.update(sweep)
             if sweep["status"] in TERMINAL:
-                click.echo("", err=True)
+                self.close()
             return
         done = sum(sweep["counts"].get(s, 0) for s in FINISHED)
         if done > len(self.seen):
             shown = len(self.seen)
             for k, t in enumerate(self._new_trials(done - shown), start=shown + 1):
                 click.echo(self.line(sweep, t, k), err=True)
-        searched = done + sweep["counts"].get("canceled", 0) >= sweep["n_trials"]
-        if searched and sweep["status"] == "running" and not self.testing_said:
+        if sweep.get("phase") == "evaluating" and not self.testing_said:
             click.echo(
                 f"sweep {sweep['id']}: grid done, evaluating the best config on the test split", err=True
             )
@@ -136,10 +145,40 @@ def wait_for(
         if sweep["status"] in TERMINAL:
             return sweep, False
         if deadline is not None and time.monotonic() >= deadline:
-            if not progress.plain:
-                click.echo("", err=True)
+            progress.close()
             return sweep, True
         time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+
+class Follower:
+    """Progress of a sweep that this process trains itself (``gridsweep run``), polled on a thread
+    of its own with its own client while the worker has the main thread."""
+
+    def __init__(self, client: ApiClient, sweep_id: int, poll: float = 1.0) -> None:
+        self.progress = Progress(client, sweep_id, plain_output())
+        self.client, self.sweep_id, self.poll = client, sweep_id, poll
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def __enter__(self) -> Follower:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.progress.close()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                sweep = call(self.client, "GET", f"/api/v1/sweeps/{self.sweep_id}")
+            except click.ClickException:
+                return  # the in-process API is going away
+            self.progress.update(sweep)
+            if sweep["status"] in TERMINAL:
+                return
+            self.stop.wait(self.poll)
 
 
 def all_trials(client: ApiClient, sweep_id: int) -> list[dict[str, Any]]:

@@ -47,8 +47,13 @@ def param(value: Any) -> str:
 
 
 def duration(seconds: float | None) -> str:
+    """A duration readable at any size: ``12 ms``, ``0.34 s``, ``16.2 s``, ``3 m 05 s``, ``2 h 10 m``."""
     if seconds is None:
         return "—"
+    if seconds < 0.1:
+        return f"{seconds * 1000:.0f} ms" if seconds >= 0.0005 else f"{seconds * 1000:.2g} ms"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, sec = divmod(round(seconds), 60)

@@ -101,6 +101,14 @@ def trial_fragment(trial_id: IdPath, request: Request, session: ReadSessionDep) 
     return _render(request, "_trial.html", lambda: views.trial_context(session, trial_id))
 
 
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, session: ReadSessionDep) -> HTMLResponse:
+    """Uploaded datasets, newest first: task, target, rows, features, classes, the sweeps on each."""
+    return _render(
+        request, "datasets.html", lambda: views.datasets_context(session, request.query_params.get("page"))
+    )
+
+
 @router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: ReadSessionDep, settings: SettingsDep) -> HTMLResponse:
     """Registered workers, their device, last heartbeat and the trials they hold."""

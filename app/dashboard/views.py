@@ -10,11 +10,14 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.dashboard.format import AXIS_LABELS, STATUS_ORDER, spec_rows, spec_yaml
-from app.models import Sweep, SweepStatus, Trial, TrialStatus, Worker
+from app.models import Sweep, SweepStatus, Trial, TrialRole, TrialStatus, Worker
 from app.schemas import DB_INT_MAX
+from app.services.artifacts import list_models
+from app.services.datasets import list_datasets, sweeps_per_dataset
 from app.services.overview import sweep_pulse, sweep_rows, trial_page, worker_rows
 from app.services.plots import grid_axes
-from app.services.reads import best_read
+from app.services.progress import SweepProgress, sweep_progress
+from app.services.reads import best_read, trial_read
 from app.services.sweeps import get_sweep
 from app.services.trial_queries import SORTABLE, trial_epochs
 
@@ -89,12 +92,15 @@ class TableState:
 def sweeps_context(session: Session, page_raw: str | None) -> dict[str, Any]:
     page = _int(page_raw, "page", 1)
     rows, total = sweep_rows(session, SWEEPS_PER_PAGE, (page - 1) * SWEEPS_PER_PAGE)
+    progress = sweep_progress(session, [r.sweep for r in rows])
     return {
         "rows": rows,
+        "progress_of": progress,
+        "shares": {sid: running_share(p) for sid, p in progress.items()},
         "total": total,
         "page": page,
         "pages": max(1, -(-total // SWEEPS_PER_PAGE)),
-        "live": any(r.sweep.status in LIVE_SWEEP for r in rows),
+        "live": any(r.sweep.status in LIVE_SWEEP or progress[r.sweep.id].running for r in rows),
     }
 
 
@@ -105,16 +111,30 @@ def sweep_or_error(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
+def running_share(progress: SweepProgress) -> float:
+    """The running trials' epochs as a number of trials (4 trials halfway: 2.0), for the bar."""
+    if not progress.running or not progress.running_epochs_planned:
+        return 0.0
+    return progress.running * progress.running_epochs_done / progress.running_epochs_planned
+
+
 def summary_context(session: Session, sweep: Sweep) -> dict[str, Any]:
-    """The live part of a sweep page: status, progress, counts and the best config."""
+    """The live part of a sweep page: status, phase, progress, counts, the best config, models."""
     pulse = sweep_pulse(session, sweep)
+    progress = sweep_progress(session, [sweep])[sweep.id]
     return {
         "sweep": sweep,
         "pulse": pulse,
+        "prog": progress,
+        "running_share": running_share(progress),
+        "finished": sum(pulse.counts[s] for s in ("succeeded", "failed", "diverged")),
         "best": best_read(session, sweep),
         "axes": grid_axes(sweep),
-        "live": sweep.status in LIVE_SWEEP,
+        # A canceled sweep keeps polling until its running trials have stopped: counts and status agree.
+        "live": sweep.status in LIVE_SWEEP or progress.running > 0,
+        "cancelable": sweep.status in LIVE_SWEEP,
         "statuses": STATUS_ORDER,
+        "models": list_models(session, sweep.id),
     }
 
 
@@ -187,6 +207,21 @@ def trial_context(session: Session, trial_id: int) -> dict[str, Any]:
         "epochs": trial_epochs(session, trial),
         "axes": grid_axes(sweep),
         "live": trial.status in (TrialStatus.queued, TrialStatus.running),
+        "wall_seconds": trial_read(trial).wall_seconds,
+        # A refit trial trained on the validation split too: its val_* numbers are not a validation.
+        "val_on_training_data": trial.role == TrialRole.refit,
+    }
+
+
+def datasets_context(session: Session, page_raw: str | None) -> dict[str, Any]:
+    page = _int(page_raw, "page", 1)
+    rows, total = list_datasets(session, SWEEPS_PER_PAGE, (page - 1) * SWEEPS_PER_PAGE)
+    return {
+        "rows": rows,
+        "used": sweeps_per_dataset(session, [d.id for d in rows]),
+        "total": total,
+        "page": page,
+        "pages": max(1, -(-total // SWEEPS_PER_PAGE)),
     }
 
 

@@ -47,6 +47,9 @@ class UploadOptions:
         }
 
 
+MAX_DROPPED_ROWS_KEPT = 1000  # the rows drop_missing dropped, as kept in the schema (the count is exact)
+
+
 def default_name(filename: str | None) -> str:
     stem = re.sub(r"\.(csv|parquet|pq|txt)$", "", (filename or "dataset").rsplit("/", 1)[-1], flags=re.I)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "dataset"
@@ -79,6 +82,18 @@ def list_datasets(session: Session, limit: int, offset: int) -> tuple[list[Datas
     total = session.scalar(select(func.count()).select_from(Dataset)) or 0
     rows = session.scalars(select(Dataset).order_by(Dataset.id.desc()).limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+def sweeps_per_dataset(session: Session, dataset_ids: list[int]) -> dict[int, int]:
+    """How many sweeps train on each of ``dataset_ids`` (absent: none)."""
+    if not dataset_ids:
+        return {}
+    q = (
+        select(Sweep.dataset_id, func.count())
+        .where(Sweep.dataset_id.in_(dataset_ids))
+        .group_by(Sweep.dataset_id)
+    )
+    return {int(k): int(n) for k, n in session.execute(q).all()}
 
 
 def create_dataset(
@@ -116,6 +131,7 @@ def create_dataset(
             "task_source": table.task_source,
             "task_reason": table.task_reason,
             "n_dropped": table.n_dropped,
+            "dropped_rows": table.dropped_rows[:MAX_DROPPED_ROWS_KEPT],
             "options": opts.reading(),
         },
         size_bytes=len(raw),

@@ -57,12 +57,22 @@ def _config_stats(sweep: Sweep) -> tuple[Any, Any, Any]:
 
 
 def learning_curves(session: Session, sweep: Sweep, top: int = 10) -> dict[str, Any]:
-    """Validation loss per epoch of every seed of the ``top`` configs (the leaderboard's), best first.
+    """Validation loss per epoch of every seed of the ``top`` configs (the leaderboard's), best first,
+    then of up to ``top`` running search trials (``rank`` None): their curves grow as epochs arrive.
 
     The curves of all those trials come from one query (their latest attempt only).
     """
     ranked = leaderboard(session, sweep, limit=top)
-    trials = [(rank, r, t) for rank, r in enumerate(ranked, start=1) for t in r.trials]
+    trials: list[tuple[int | None, int, Trial]] = [
+        (rank, r.config_index, t) for rank, r in enumerate(ranked, start=1) for t in r.trials
+    ]
+    running = session.scalars(
+        select(Trial)
+        .where(*_search(sweep), Trial.status == TrialStatus.running, Trial.epochs_done > 0)
+        .order_by(Trial.epochs_done.desc(), Trial.id)
+        .limit(top)
+    ).all()
+    trials += [(None, t.config_index, t) for t in running]
     points: dict[int, list[tuple[int, float | None, float | None]]] = {t.id: [] for _, _, t in trials}
     if trials:
         rows = session.execute(
@@ -81,15 +91,17 @@ def learning_curves(session: Session, sweep: Sweep, top: int = 10) -> dict[str, 
             {
                 "trial_id": t.id,
                 "rank": rank,
-                "config_index": r.config_index,
+                "status": t.status,
+                "config_index": config_index,
                 "seed": t.seed,
                 "params": t.params,
                 "value": getattr(t, sweep.metric_name),
+                "epochs_planned": t.params.get("epochs"),
                 "epochs": [p[0] for p in points[t.id]],
                 "val_loss": [p[1] for p in points[t.id]],
                 "train_loss": [p[2] for p in points[t.id]],
             }
-            for rank, r, t in trials
+            for rank, config_index, t in trials
         ],
     }
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict
 
 from sqlalchemy.orm import Session
 
 from app.models import Sweep, Trial, TrialRole, TrialStatus
 from app.schemas import BestRead, EpochRead, MetricRead, SeedResult, SweepRead, TrialDetail, TrialRead
+from app.services.progress import SweepProgress, sweep_progress
 from app.services.sweeps import METRIC_COLUMNS, TEST_COLUMNS, final_trials, leaderboard, trial_counts
 from app.services.trial_queries import trial_epochs
 
@@ -60,10 +62,17 @@ def best_read(session: Session, sweep: Sweep) -> BestRead | None:
     )
 
 
-def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = None) -> SweepRead:
+def sweep_read(
+    session: Session,
+    sweep: Sweep,
+    counts: dict[str, int] | None = None,
+    progress: SweepProgress | None = None,
+) -> SweepRead:
     counts = counts if counts is not None else trial_counts(session, [sweep.id])[sweep.id]
+    progress = progress or sweep_progress(session, [sweep])[sweep.id]
     done = sum(counts.get(s, 0) for s in DONE)
     return SweepRead(
+        **asdict(progress),
         id=sweep.id,
         name=sweep.name,
         dataset=sweep.dataset,
@@ -81,6 +90,14 @@ def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = N
     )
 
 
+def trial_read(trial: Trial) -> TrialRead:
+    """A trial as the API shows it, with its wall time (started to finished)."""
+    read = TrialRead.model_validate(trial)
+    if trial.started_at is not None and trial.finished_at is not None:
+        read.wall_seconds = max(0.0, (trial.finished_at - trial.started_at).total_seconds())
+    return read
+
+
 def trial_detail(session: Session, trial: Trial) -> TrialDetail:
-    base = TrialRead.model_validate(trial).model_dump()
+    base = trial_read(trial).model_dump()
     return TrialDetail(**base, epochs=[EpochRead.model_validate(e) for e in trial_epochs(session, trial)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import statistics
 from dataclasses import dataclass, field
@@ -52,13 +53,21 @@ def resolve_dataset(session: Session, name: str) -> SpecDataset:
             [
                 {
                     "loc": ("dataset",),
-                    "msg": f"unknown dataset {name!r}: neither built-in ({sorted(BUILTIN_DATASETS)}) "
-                    "nor an uploaded dataset's id or name (GET /api/v1/datasets)",
+                    "msg": f"unknown dataset {name!r}{_did_you_mean(session, name)}: neither built-in "
+                    f"({', '.join(sorted(BUILTIN_DATASETS))}) nor an uploaded dataset's id or name "
+                    "(gridsweep dataset list, GET /api/v1/datasets)",
                 }
             ]
         )
     facts = DataFacts(task=uploaded.task, n_classes=len(uploaded.classes), n_features=uploaded.n_features)
     return SpecDataset(facts, uploaded)
+
+
+def _did_you_mean(session: Session, name: str) -> str:
+    """`` (did you mean 'moons'?)`` when a built-in or uploaded name is close to ``name``."""
+    names = [*BUILTIN_DATASETS, *session.scalars(select(Dataset.name).limit(1000))] if session else []
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def dataset_facts(session: Session, name: str) -> DataFacts:
@@ -76,7 +85,7 @@ def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep
     else:
         check_builtin_split(spec.dataset, spec.split)
     sweep = Sweep(
-        name=spec.name,
+        name=spec.name or "",
         dataset=uploaded.name if uploaded is not None else spec.dataset,
         dataset_id=uploaded.id if uploaded is not None else None,
         status=SweepStatus.queued,
@@ -88,6 +97,10 @@ def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep
     )
     session.add(sweep)
     session.flush()
+    if not spec.name:  # a nameless spec: ``<dataset>-<id>``, in the stored spec too
+        sweep.name = f"{sweep.dataset}-{sweep.id}"[:200]
+        sweep.spec = {**sweep.spec, "name": sweep.name}
+        session.flush()
     rows = [
         {
             "sweep_id": sweep.id,

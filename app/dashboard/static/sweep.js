@@ -26,44 +26,60 @@
     return "rgb(" + mix(59, 165) + "," + mix(91, 180) + "," + mix(219, 252) + ")";
   }
 
+  // Running trials (rank null) are drawn dashed and grow as their epochs arrive.
+  const RUNNING = "#8a94a6";
+
   function drawCurves(d) {
     const target = el("curves");
-    if (!d.trials.length) return C.empty(target, "no finished trial yet");
+    const withPoints = d.trials.filter((t) => t.epochs.length);
+    if (!withPoints.length) return C.empty(target, "no trial has reported an epoch yet");
     const best = new Set(d.best_trial_ids);
-    const maxRank = Math.max(...d.trials.map((t) => t.rank));
-    const byId = new Map(d.trials.map((t) => [String(t.trial_id), t]));
+    const ranked = withPoints.filter((t) => t.rank !== null);
+    const running = withPoints.filter((t) => t.rank === null);
+    const maxRank = ranked.length ? Math.max(...ranked.map((t) => t.rank)) : 1;
+    const byId = new Map(withPoints.map((t) => [String(t.trial_id), t]));
     let points = 0;
-    const series = d.trials.slice().reverse().map((t) => {
+    // Worst first and running ones under the ranked, so that the best is drawn on top.
+    const series = running.concat(ranked.slice().reverse()).map((t) => {
       const isBest = best.has(t.trial_id);
-      const color = isBest ? C.BEST : rankColor(t.rank, maxRank);
+      const live = t.rank === null;
+      const color = isBest ? C.BEST : live ? RUNNING : rankColor(t.rank, maxRank);
       const data = t.epochs.map((e, i) => [e, t.val_loss[i]]).filter((p) => p[1] !== null);
       points += data.length;
       return {
-        type: "line", id: String(t.trial_id), name: "#" + t.trial_id, data, showSymbol: false, triggerLineEvent: true,
-        z: isBest ? 10 : 2, lineStyle: { width: isBest ? 3 : 1.3, color, opacity: isBest ? 1 : 0.8 },
+        type: "line", id: String(t.trial_id), name: "#" + t.trial_id, data, showSymbol: live && data.length <= 30, symbolSize: 4,
+        triggerLineEvent: true, z: isBest ? 10 : live ? 1 : 2,
+        lineStyle: { width: isBest ? 3 : 1.3, color, opacity: isBest ? 1 : 0.8, type: live ? "dashed" : "solid" },
         itemStyle: { color }, emphasis: { focus: "series", lineStyle: { width: 3.5 } },
       };
     });
-    const top = d.trials[0];
+    const axes = root.dataset.axes.split(",");
+    const top = ranked[0];
+    const title = top
+      ? "best: config " + top.config_index + " · " + Object.entries(top.params)
+        .filter(([k]) => axes.includes(k)).map(([k, v]) => k + " " + param(v)).join(" · ")
+      : running.length + " running trial" + (running.length === 1 ? "" : "s") + " (dashed), none finished yet";
     const c = C.draw(target, {
       grid: { left: 60, right: 18, top: 30, bottom: 38 },
-      title: { text: "best: config " + top.config_index + " · " + Object.entries(top.params)
-        .filter(([k]) => root.dataset.axes.split(",").includes(k)).map(([k, v]) => k + " " + param(v)).join(" · "),
-        left: 6, top: 0, textStyle: { fontSize: 12, fontWeight: 500, color: C.BEST } },
+      title: { text: title, left: 6, top: 0, textStyle: { fontSize: 12, fontWeight: 500, color: top ? C.BEST : RUNNING } },
       tooltip: {
         trigger: "item",
         formatter: (p) => {
           const t = byId.get(p.seriesId);
-          return "trial #" + t.trial_id + " · rank " + t.rank + " · seed " + t.seed + "<br>epoch " + p.data[0] +
-            ": val_loss " + fmt(p.data[1]) + "<br>" + metric + " " + fmt(t.value);
+          const head = t.rank === null
+            ? "trial #" + t.trial_id + " · running, epoch " + t.epochs[t.epochs.length - 1] + " of " + t.epochs_planned
+            : "trial #" + t.trial_id + " · rank " + t.rank;
+          return head + " · seed " + t.seed + "<br>epoch " + p.data[0] + ": val_loss " + fmt(p.data[1]) +
+            (t.rank === null ? "" : "<br>" + metric + " " + fmt(t.value));
         },
       },
       xAxis: { type: "value", name: "epoch", nameLocation: "middle", nameGap: 24, min: 1, minInterval: 1,
         axisLabel: { color: C.AXIS_TEXT }, splitLine: { show: false } },
-      yAxis: C.valueAxis("val_loss", d.trials.flatMap((t) => t.val_loss), { nameLocation: "middle", nameGap: 42 }),
+      yAxis: C.valueAxis("val_loss", withPoints.flatMap((t) => t.val_loss), { nameLocation: "middle", nameGap: 42 }),
       series,
     }, points);
     target.dataset.series = String(series.length);
+    target.dataset.running = String(running.length);
     c.off("click");
     c.on("click", (p) => openTrial(p.seriesId));
   }
@@ -73,6 +89,8 @@
     if (!target) return;
     if (!d.cells.length) return C.empty(target, "no trial yet");
     const ranked = d.cells.filter((c) => c.value !== null);
+    // No cell scored yet: a message, never a colour scale from Infinity to -Infinity.
+    if (!ranked.length) return C.empty(target, "no scored config yet");
     const unranked = d.cells.filter((c) => c.value === null);
     const log = C.scaleType(ranked.map((c) => c.value)) === "log";
     const shade = (v) => (log ? Math.log10(v) : v);
