@@ -30,10 +30,11 @@ from app import logs
 from worker.client import ApiClient, ApiError
 from worker.config import TrialConfig
 from worker.data import DataCache
+from worker.fused_packs import train_one
 from worker.handback import model_files, upload_model, versions
 from worker.pack_runner import run_pack
 from worker.packing import auto_pack_size, parse_pack_size
-from worker.train import EpochMetrics, select_device, train_trial
+from worker.train import EpochMetrics, select_device
 from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")
@@ -112,7 +113,8 @@ class Worker:
         self.device = select_device(device)
         self.device_name = describe_device(self.device)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        # 1: the reference path, one trial at a time; more: fused packs; None/"auto": by device.
+        # 1: one trial at a time (the fused engine as a pack of one); more: fused packs; None/"auto":
+        # by device. Either way a trial gets the same numbers (worker/fused.py, Reproducibility).
         self.pack_size = parse_pack_size(pack_size) or auto_pack_size(self.device.type)
         self.allow_tf32 = allow_tf32
         self.poll_seconds = poll_seconds
@@ -124,8 +126,9 @@ class Worker:
         self.heartbeat_seconds = 10.0
         self.worker_id = ""
         if threads:
-            torch.set_num_threads(threads)  # the one-by-one path: torch intra-op threads
-        # CPU packs: one part per thread, each with one torch thread (default: as many as torch has).
+            torch.set_num_threads(threads)
+        # CPU packs: one part per thread, each with one torch thread (default: as many as torch has);
+        # a trial trained alone runs on one torch thread too (worker.fused_packs.one_torch_thread).
         self.pack_threads = pack_threads or torch.get_num_threads()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -282,13 +285,15 @@ class Worker:
             info = self.data.info(*source)
             outcome["data_hash"] = info.data_hash
             cfg = TrialConfig.from_params(c["params"], c["seed"], data.task, data.n_classes)
-            result = train_trial(
+            # The fused engine as a pack of one: the numbers this trial gets in any pack.
+            result = train_one(
                 cfg,
                 data,
                 on_epoch=on_epoch,
                 evaluate_test=c["evaluate_test"],
                 train_on_validation=c["refit"],
                 should_stop=should_stop,
+                allow_tf32=self.allow_tf32,
             )
             if result.status == "stopped":
                 raise TrialLost if tid in self.held.lost else Abandon

@@ -37,8 +37,9 @@ def failure_message(exc: BaseException) -> str:
 def run_pack(w: Worker, claimed: list[dict[str, Any]]) -> int:
     """Train ``claimed`` (held by ``w``) fused; return how many outcomes the API accepted.
 
-    Final trials (test evaluation, refit) take the reference path one by one: there
-    are few of them and their test metrics then match ``--pack-size 1`` exactly.
+    Final trials (test evaluation, refit) are trained one by one (``Worker.run_one``: the
+    engine as a pack of one, which uploads their models): there are few of them, and a
+    trial's numbers are the same in a pack of one as in any pack.
     """
     from worker.loop import Abandon  # the loop module imports this one
 
