@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.config import TrialConfig
+from worker.config import ACTIVATIONS, TrialConfig
 from worker.packing import padded_widths
 from worker.train import DROPOUT_SEED_OFFSET, build_model, init_linear_params
 
@@ -65,6 +65,8 @@ def activation_fn(name: str, device: torch.device) -> Callable[[torch.Tensor], t
     """The in-place activation of a block on ``device``."""
     if name == "tanh" and device.type == "cpu":
         return SigmoidTanh.apply
+    if name not in ACTIVATION_FNS:  # the reference's error (a trial queued by a newer API)
+        raise ValueError(f"unknown activation {name!r} (use one of {ACTIVATIONS})")
     return ACTIVATION_FNS[name]
 
 
