@@ -245,9 +245,13 @@ def build_model(
 # ----------------------------------------------------------------------------- loss & eval
 
 
-def compute_loss(out: torch.Tensor, y: torch.Tensor, loss: str, reduction: str = "mean") -> torch.Tensor:
-    """Mean loss of model outputs ``out`` against targets ``y`` (as stored in a TensorSplit);
-    ``reduction="none"``: one loss per row."""
+def compute_loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss of model outputs ``out`` against targets ``y`` (as stored in a TensorSplit)."""
+    return row_losses(out, y, loss, reduction="mean")
+
+
+def row_losses(out: torch.Tensor, y: torch.Tensor, loss: str, reduction: str = "none") -> torch.Tensor:
+    """The loss of each row of ``out`` against ``y`` (``reduction="mean"``: their mean)."""
     if loss == "mse":
         return F.mse_loss(out, y, reduction=reduction)
     if loss == "mae":
@@ -271,7 +275,7 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, task
     finally:
         model.train(was_training)
     # The per-row losses (training dtype) summed in float64, as the fused engine does.
-    res = {"loss": float(compute_loss(out, y, loss, reduction="none").sum(dtype=torch.float64)) / X.shape[0]}
+    res = {"loss": float(row_losses(out, y, loss).sum(dtype=torch.float64)) / X.shape[0]}
     if task == "classification":
         pred = (out[:, 0] > 0).long() if loss == "bce" else out.argmax(dim=1)
         acc = float((pred == y).double().mean())
