@@ -11,6 +11,7 @@ which elements land in a kernel's scalar tail depends on the SIMD width.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from functools import cache
@@ -22,6 +23,7 @@ import torch
 from worker.config import TrialConfig
 from worker.datasets import make_dataset, split_dataset
 from worker.fused import train_pack
+from worker.fused_model import Block, eval_rows, evaluate_block
 from worker.fused_packs import train_one, train_packs
 from worker.packing import canonical_widths, padded_widths, plan_blocks
 from worker.train import TensorSplit, TrialResult, to_tensors
@@ -138,3 +140,17 @@ def test_a_cpu_pack_trains_on_one_torch_thread_whatever_the_worker_has() -> None
     train_one(grid("mse", "adam")[0], data, on_epoch=record)
     train_packs(grid("mse", "adam")[:2], data, on_epoch=record)
     assert seen == [1] * 6 and torch.get_num_threads() == 2
+
+
+def test_validation_chunks_do_not_depend_on_the_block() -> None:
+    """A validation split of many chunks: each trial's loss is the same in a block of 7 as alone."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(1500, 5, generator=g), torch.randn(1500, 1, generator=g)
+    cfgs = [dataclasses.replace(grid("mse", "adam")[26 + k % 2], seed=k) for k in range(7)]  # tanh 64
+    cpu = torch.device("cpu")
+    block = Block(cfgs, list(range(7)), 5, 1, torch.float32, cpu)
+    together = evaluate_block(block, X, y, "mse", "regression")
+    assert eval_rows(64, 7, "cpu") < 1500  # several chunks
+    for k, c in enumerate(cfgs):
+        alone = evaluate_block(Block([c], [0], 5, 1, torch.float32, cpu), X, y, "mse", "regression")
+        assert alone[0][0].item() == together[0][k].item(), k

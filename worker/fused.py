@@ -147,7 +147,8 @@ def train_pack(
     A trial's ``duration_seconds`` is its share of the pack's wall time (each epoch's
     time split evenly among the trials that trained in it). ``mode`` chooses blocks
     (``plan_blocks``): ``auto``, ``group`` (exact architecture), ``pad`` (widths padded
-    within a depth) or ``pad_all`` (widths and depths padded).
+    within a depth) or ``pad_all`` (widths and depths padded); only ``auto`` and ``group`` keep
+    a trial's numbers independent of its pack (the module docstring, Reproducibility).
     ``allow_tf32`` lets CUDA matmuls use TF32 (faster, but ~1e-3 relative: float32
     results then no longer agree with the reference path to round-off).
     """

@@ -29,12 +29,14 @@ ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": lambda x: F.elu_(x, 1.0),
     "silu": F.silu,
 }
-# Elements of one trial's evaluation chunk ([rows, width]); the chunk's rows depend on the
+# CPU: elements of one trial's evaluation chunk ([rows, width]). The chunk's rows depend on the
 # block's width alone, not on its K, so a trial's validation loss sums the same chunks in any
-# pack. On a CPU a block's chunk stays in cache like a training batch (a whole 5,000-row split
-# does not: elementwise ops then run ~10x slower per element); on a GPU it only bounds memory,
-# since each chunk costs kernel launches.
-EVAL_TRIAL_ELEMENTS = {"cpu": 1 << 15, "cuda": 1 << 20}
+# pack; a block's chunk then stays in cache like a training batch (a whole 5,000-row split does
+# not: elementwise ops then run ~10x slower per element).
+EVAL_TRIAL_ELEMENTS = 1 << 15
+# GPU: elements of a whole block's chunk ([K, rows, width]): it only bounds memory, since each
+# chunk costs kernel launches (nothing on CUDA is exact across packs anyway).
+EVAL_CUDA_CHUNK_ELEMENTS = 1 << 26
 # Per-row losses are computed on rows padded to a multiple of this (see ``pack_losses``).
 ROW_MULTIPLE = 32
 
@@ -280,10 +282,12 @@ def pack_losses(out: torch.Tensor, y: torch.Tensor, loss: str, mean: bool = True
     return per.mean(dim=1) if mean else per.sum(dim=1, dtype=torch.float64)
 
 
-def eval_rows(width: int, device_type: str) -> int:
-    """Rows of one evaluation chunk for a block of hidden ``width`` (a multiple of ``ROW_MULTIPLE``)."""
-    budget = EVAL_TRIAL_ELEMENTS.get(device_type, EVAL_TRIAL_ELEMENTS["cpu"])
-    return max(ROW_MULTIPLE, budget // width // ROW_MULTIPLE * ROW_MULTIPLE)
+def eval_rows(width: int, K: int, device_type: str) -> int:
+    """Rows of one evaluation chunk for a block of K trials of hidden ``width``: on a CPU a
+    multiple of ``ROW_MULTIPLE`` that depends on the width alone."""
+    if device_type == "cuda":
+        return max(1, EVAL_CUDA_CHUNK_ELEMENTS // (K * width))
+    return max(ROW_MULTIPLE, EVAL_TRIAL_ELEMENTS // width // ROW_MULTIPLE * ROW_MULTIPLE)
 
 
 @torch.no_grad()
@@ -293,11 +297,11 @@ def evaluate_block(
     """All trials of ``block`` on ``(X, y)`` in eval mode: (loss [K] float64, accuracy [K] or None).
 
     The loss is the float64 sum of the per-row losses over chunks of ``eval_rows`` rows (each
-    chunk summed in float64, the chunk sums added in order), divided by the rows: chunks of a
-    width's fixed size, so a trial's validation loss is the same in any pack.
+    chunk summed in float64, the chunk sums added in order), divided by the rows: on a CPU
+    chunks of a width's fixed size, so a trial's validation loss is the same in any pack.
     """
     n = X.shape[0]
-    rows = eval_rows(max(block.widths), X.device.type)
+    rows = eval_rows(max(block.widths), block.K, X.device.type)
     total = torch.zeros(block.K, dtype=torch.float64, device=X.device)
     correct = torch.zeros_like(total) if task == "classification" else None
     for start in range(0, n, rows):
