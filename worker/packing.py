@@ -115,7 +115,7 @@ def plan_blocks(
     are exact: every trial computes at its own canonical shapes, so its numbers do not
     depend on its pack. ``pad``: one block per activation and depth (widths padded);
     ``pad_all``: one block per activation (widths and depths padded): a trial then computes
-    at its block's widths, which its results depend on (to round-off); for benchmarks.
+    at its block's widths, which its results may depend on (to round-off); for benchmarks.
     """
     if mode not in PACKING_MODES:
         raise ValueError(f"unknown packing mode {mode!r} (use one of {', '.join(PACKING_MODES)})")
