@@ -6,9 +6,11 @@ log-spaced 1e-4..3e-2 (192 configs), Adam, batch 256, 5 epochs, MSE. Run in one
 process, one after another:
 
   (a) a plain per-trial PyTorch loop with a DataLoader (an Optuna/Ray Tune objective)
-  (b) gridsweep's --pack-size 1 reference path (worker.train.train_trial)
+  (b) gridsweep's single-trial reference loop (worker.train.train_trial; --pack-size 1 used it
+      until the worker trained a lone trial as a fused pack of one)
   (c) gridsweep fused (worker.fused_packs.train_packs, packs of --pack-size in claim order, each
-      in one part per core as the worker does), also as one part on all cores (OpenMP), and
+      in one part per core as the worker does), also as one part on all cores (OpenMP, with
+      worker.fused.train_pack: the worker trains each part on one torch thread), and
       with blocks forced to exact architectures ("group") or padded ("pad", "pad_all")
   (d) scikit-learn MLPRegressor (adam, batch 256, 5 iterations)
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gridsweep.datasets import load_builtin, split_dataset
 from gridsweep.vocab import TrialConfig
+from worker.fused import train_pack
 from worker.fused_packs import train_packs
 from worker.packing import auto_pack_size, matmul_flops
 from worker.train import TensorSplit, to_tensors, train_trial
@@ -191,6 +194,11 @@ def main() -> None:
             for r in train_packs(cfgs[s : s + pack], data, mode=mode, threads=threads)
         ]
 
+    def omp_packs() -> list[float]:  # one part on every torch thread (not what a worker does)
+        return [
+            r.metrics["val_loss"] for s in range(0, n, pack) for r in train_pack(cfgs[s : s + pack], data)
+        ]
+
     if "c" in only:
         # Warm-up (allocator, page faults, kernels), as a running worker has: one epoch of a pack.
         train_packs([dataclasses.replace(c, epochs=1) for c in cfgs[-pack:]], data, threads=threads)
@@ -198,15 +206,13 @@ def main() -> None:
             f"(c) fused, packs of {pack} in {threads} parts (threads)", lambda: packs("auto"), n
         )
         gflops = useful_flops(cfgs, data) / (n / rate["c"]) / 1e9
-        rate["omp"], _ = timed(
-            f"    fused, one part on {threads} torch threads", lambda: packs("auto", threads=1), n
-        )
+        rate["omp"], _ = timed(f"    fused, one part on {threads} torch threads", omp_packs, n)
         rate["group"], _ = timed("    fused, blocks by exact architecture", lambda: packs("group"), n)
         rate["pad"], _ = timed("    fused, widths padded (blocks by depth)", lambda: packs("pad"), n)
         rate["pad_all"], _ = timed("    fused, widths and depths padded", lambda: packs("pad_all"), n)
     if "b" in only:
         rate["b"], vals["b"] = timed(
-            "(b) gridsweep --pack-size 1 (reference)",
+            "(b) reference loop (train_trial)",
             lambda: [train_trial(c, data).metrics["val_loss"] for c in cfgs],
             n,
         )

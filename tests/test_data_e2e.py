@@ -1,6 +1,6 @@
 """End to end through a real server and worker, on SQLite and PostgreSQL: a sweep on an uploaded
 CSV with refit; the downloaded models reproduce the recorded test metrics in a fresh process;
-a rerun reproduces the validation loss exactly on CPU."""
+a rerun (and a final trial, trained alone) reproduces the search trial's losses exactly on CPU."""
 
 from __future__ import annotations
 
@@ -127,6 +127,16 @@ def test_uploaded_csv_sweep_models_and_rerun(
         assert t["test_loss"] is None and t["test_error"] is None and t["test_accuracy"] is None
     for t in trials["final"] + trials["refit"]:
         assert t["test_loss"] is not None and t["config_index"] == best["config_index"]
+    # A final trial is its search trial trained again, alone (the worker's one-by-one path), while
+    # the search trial trained in a pack: the same numbers, bit for bit.
+    for t in trials["final"]:
+        point = (t["config_index"], t["seed"])
+        twin = next(s for s in trials["search"] if (s["config_index"], s["seed"]) == point)
+        assert (t["val_loss"], t["train_loss"], t["val_error"]) == (
+            twin["val_loss"],
+            twin["train_loss"],
+            twin["val_error"],
+        )
     for t in [t for ts in trials.values() for t in ts]:
         assert t["data_hash"] == ds["data_hash"] and t["split"] == SPLIT and t["device"] == "cpu"
         assert t["versions"]["torch"] == torch.__version__ and t["versions"]["gridsweep"]

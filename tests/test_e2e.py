@@ -63,7 +63,7 @@ def start_workers(
 ) -> list[subprocess.Popen[bytes]]:
     """``n`` worker processes, all registered before any sweep is queued (so each gets work).
 
-    They train one trial at a time (``--pack-size 1``, the reference path): a fused pack would
+    They train one trial at a time (``--pack-size 1``, packs of one): a fused pack of more would
     let one worker claim the whole small grid. Packs have their own end-to-end test (test_fused).
     """
     procs = [start_worker(server.url, "--pack-size", "1") for _ in range(n)]

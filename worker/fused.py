@@ -21,9 +21,37 @@ Exactness (what makes a packed trial the same function as ``train_trial``):
 * Optimizer: the elementwise ops of torch.optim's ``foreach=False`` path in the
   same order, with per-trial scalars as tensors in forms that round the same
   (worker/fused_opt.py): the update itself is bitwise torch.optim's.
-* Only the matmul summation order (bmm vs mm), loss reductions and, on a CPU, tanh
-  (computed as ``2 sigmoid(2x) - 1``, ~3x faster there; ``SigmoidTanh``) may differ:
-  float64 agrees to ~1e-12, float32 to round-off.
+* Only the matmul summation order (bmm vs mm), loss reductions, padding (below) and, on a
+  CPU, tanh (computed as ``2 sigmoid(2x) - 1``, ~3x faster there; ``SigmoidTanh``) may
+  differ: float64 agrees to ~1e-12, float32 to round-off.
+
+Reproducibility (what makes a trial's numbers the same in ANY pack, bit for bit: every
+epoch's metrics and the final weights depend on its config, seed, data, split, versions and
+device type, not on the other trials, K, the block or the CPU part it lands in):
+
+* Shapes: a trial computes at its own canonical shapes. Hidden widths are padded to a
+  multiple of 32 (``worker.packing.canonical_width``, a function of the trial) and the
+  worker's planning modes (``auto``, ``group``) only stack trials that compute at their own
+  canonical shapes; ``pad``/``pad_all`` pad further and are not reproducible (benchmarks).
+* Elementwise kernels: a CPU kernel runs SIMD steps of 2 vectors and finishes the last
+  ``numel % step`` elements of the whole [K, ...] tensor with scalar code, whose exp/log/erf
+  round differently (the step is 32 float32 with AVX-512, 16 with AVX2). Each trial's slab is
+  whole steps: activations by the widths, per-row losses by rows padded to 32
+  (``pack_losses``), so no trial's element ever lands in a scalar tail.
+* Matmuls: each batch item of ``bmm``/``baddbmm`` is computed alike for any K, except a
+  matrix-vector product with K = 1 (another BLAS kernel): the one-unit output layer uses
+  broadcast multiplies and row/column sums instead (``SingleOutput``).
+* Reductions: per trial, over its own rows or units (the same lengths in any pack);
+  validation is summed over chunks whose rows depend on the width only (``evaluate_block``);
+  every loss metric is the per-row (or per-batch) losses in the training dtype summed in
+  float64 and divided in float64.
+* Threads: on a CPU every part trains on one torch thread (``worker.fused_packs``), since how
+  a kernel splits its work among threads changes its rounding.
+
+A CPU with another SIMD width (AVX2 vs AVX-512) runs other kernels: each reproduces its own
+numbers, and they agree with each other to round-off only. On CUDA nothing here is promised
+beyond round-off (cuBLAS picks kernels by the batched shape; deterministic algorithms are
+not enabled).
 
 Padding (trials of different widths/depths in one block): hidden widths are
 padded with zero weights, so a padded unit's pre-activation is exactly 0 and,
@@ -120,7 +148,8 @@ def train_pack(
     split among the trials that trained in it by their size (their block's weights and
     biases, padding included), so wider and deeper configs take the larger shares. ``mode`` chooses blocks
     (``plan_blocks``): ``auto``, ``group`` (exact architecture), ``pad`` (widths padded
-    within a depth) or ``pad_all`` (widths and depths padded).
+    within a depth) or ``pad_all`` (widths and depths padded); only ``auto`` and ``group`` keep
+    a trial's numbers independent of its pack (the module docstring, Reproducibility).
     ``allow_tf32`` lets CUDA matmuls use TF32 (faster, but ~1e-3 relative: float32
     results then no longer agree with the reference path to round-off).
     """

@@ -1,6 +1,7 @@
 """Stacked MLPs for fused training: a block of trials, their dropout, losses and evaluation.
 
-Pure: torch + worker.train helpers. See worker/fused.py for the exactness rules.
+Pure: torch + worker.train helpers. See worker/fused.py for the exactness and
+reproducibility rules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gridsweep.vocab import TrialConfig
+from gridsweep.vocab import ACTIVATIONS, TrialConfig
 from worker.packing import padded_widths
 from worker.train import DROPOUT_SEED_OFFSET, build_model, init_linear_params
 
@@ -28,10 +29,16 @@ ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": lambda x: F.elu_(x, 1.0),
     "silu": F.silu,
 }
-# Elements of one evaluation chunk ([K, rows, width]). On a CPU it stays in cache like a
-# training batch (a whole 5,000-row split does not: elementwise ops then run ~10x slower per
-# element); on a GPU it only bounds memory, since each chunk costs kernel launches.
-EVAL_CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}
+# CPU: elements of one trial's evaluation chunk ([rows, width]). The chunk's rows depend on the
+# block's width alone, not on its K, so a trial's validation loss sums the same chunks in any
+# pack; a block's chunk then stays in cache like a training batch (a whole 5,000-row split does
+# not: elementwise ops then run ~10x slower per element).
+EVAL_TRIAL_ELEMENTS = 1 << 15
+# GPU: elements of a whole block's chunk ([K, rows, width]): it only bounds memory, since each
+# chunk costs kernel launches (nothing on CUDA is exact across packs anyway).
+EVAL_CUDA_CHUNK_ELEMENTS = 1 << 26
+# Per-row losses are computed on rows padded to a multiple of this (see ``pack_losses``).
+ROW_MULTIPLE = 32
 
 
 class SigmoidTanh(torch.autograd.Function):
@@ -60,6 +67,8 @@ def activation_fn(name: str, device: torch.device) -> Callable[[torch.Tensor], t
     """The in-place activation of a block on ``device``."""
     if name == "tanh" and device.type == "cpu":
         return SigmoidTanh.apply
+    if name not in ACTIVATION_FNS:  # the reference's error (a trial queued by a newer API)
+        raise ValueError(f"unknown activation {name!r} (use one of {ACTIVATIONS})")
     return ACTIVATION_FNS[name]
 
 
@@ -68,7 +77,9 @@ class SingleOutput(torch.autograd.Function):
 
     A batched matrix-vector product is several times slower on a CPU, forward and
     backward, than a broadcast multiply with a row sum (forward), a broadcast multiply
-    (input gradient) and a row-vector product (weight gradient).
+    (input gradient) and a column sum (weight gradient). It is also not exact across packs:
+    ``bmm`` of one matrix-vector product (K = 1) takes another BLAS kernel than a batch of
+    them, while these reductions compute each trial's values alike for any K.
     """
 
     @staticmethod
@@ -80,7 +91,7 @@ class SingleOutput(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         h, w = ctx.saved_tensors
         grad_h = grad * w.transpose(1, 2) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(grad.transpose(1, 2), h).transpose(1, 2)
+        grad_w = (grad * h).sum(dim=1).unsqueeze(-1)
         return grad_h, grad_w, grad.sum(dim=1, keepdim=True)
 
 
@@ -238,8 +249,18 @@ class Block:
 
 
 def pack_losses(out: torch.Tensor, y: torch.Tensor, loss: str, mean: bool = True) -> torch.Tensor:
-    """Per-trial loss ``[K]`` (mean over rows, or the sum with ``mean=False``) of ``out [K, n, o]``."""
-    K = out.shape[0]
+    """Per-trial loss ``[K]`` (mean over rows, or the float64 sum with ``mean=False``) of ``out [K, n, o]``.
+
+    The per-row losses are computed on ``n`` rows padded to a multiple of ``ROW_MULTIPLE``
+    (zero outputs, class-0 targets; dropped before the reduction), so each trial's slab of every
+    elementwise kernel (log-sigmoid, log-softmax, their gradients) is whole SIMD steps and no
+    row of any trial falls in a kernel's scalar remainder: a trial's losses do not depend on K.
+    """
+    K, n = out.shape[0], out.shape[1]
+    pad = -n % ROW_MULTIPLE
+    if pad:
+        out = torch.cat([out, out.new_zeros(K, pad, out.shape[2])], dim=1)
+        y = torch.cat([y, y.new_zeros(pad, *y.shape[1:])])
     if loss == "cross_entropy":
         per = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(K, -1).reshape(-1), reduction="none")
         per = per.view(K, -1)
@@ -257,25 +278,35 @@ def pack_losses(out: torch.Tensor, y: torch.Tensor, loss: str, mean: bool = True
         else:
             raise ValueError(f"unknown loss {loss!r}")
         per = per.flatten(1)
+    per = per[:, :n] if pad else per  # one loss per row: one output unit, or cross_entropy's per row
     return per.mean(dim=1) if mean else per.sum(dim=1, dtype=torch.float64)
+
+
+def eval_rows(width: int, K: int, device_type: str) -> int:
+    """Rows of one evaluation chunk for a block of K trials of hidden ``width``: on a CPU a
+    multiple of ``ROW_MULTIPLE`` that depends on the width alone."""
+    if device_type == "cuda":
+        return max(1, EVAL_CUDA_CHUNK_ELEMENTS // (K * width))
+    return max(ROW_MULTIPLE, EVAL_TRIAL_ELEMENTS // width // ROW_MULTIPLE * ROW_MULTIPLE)
 
 
 @torch.no_grad()
 def evaluate_block(
     block: Block, X: torch.Tensor, y: torch.Tensor, loss: str, task: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All trials of ``block`` on ``(X, y)`` in eval mode: (loss [K] float64, accuracy [K] or None)."""
+    """All trials of ``block`` on ``(X, y)`` in eval mode: (loss [K] float64, accuracy [K] or None).
+
+    The loss is the float64 sum of the per-row losses over chunks of ``eval_rows`` rows (each
+    chunk summed in float64, the chunk sums added in order), divided by the rows: on a CPU
+    chunks of a width's fixed size, so a trial's validation loss is the same in any pack.
+    """
     n = X.shape[0]
-    budget = EVAL_CHUNK_ELEMENTS.get(X.device.type, EVAL_CHUNK_ELEMENTS["cpu"])
-    rows = min(n, max(1, budget // (block.K * max(block.widths))))
+    rows = eval_rows(max(block.widths), block.K, X.device.type)
     total = torch.zeros(block.K, dtype=torch.float64, device=X.device)
     correct = torch.zeros_like(total) if task == "classification" else None
     for start in range(0, n, rows):
         out, yc = block.forward(X[start : start + rows], train=False), y[start : start + rows]
-        if rows == n:  # one pass: the reference's own mean reduction, so float32 rounds alike
-            total = pack_losses(out, yc, loss).double() * n
-        else:
-            total += pack_losses(out, yc, loss, mean=False)
+        total += pack_losses(out, yc, loss, mean=False)
         if correct is not None:
             pred = (out[:, :, 0] > 0).long() if loss == "bce" else out.argmax(dim=2)
             correct += (pred == yc).sum(dim=1, dtype=torch.float64)

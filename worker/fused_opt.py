@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gridsweep.vocab import MOMENTUM
+from gridsweep.vocab import MOMENTUM, OPTIMIZERS
 
 if TYPE_CHECKING:
     from worker.fused_model import Block
@@ -39,7 +39,7 @@ class StackedOptimizer:
 
     def __init__(self, kind: str, blocks: list[Block]) -> None:
         if kind not in ("sgd", "momentum", "adam", "adamw"):
-            raise ValueError(f"unknown optimizer {kind!r}")
+            raise ValueError(f"unknown optimizer {kind!r} (use one of {OPTIMIZERS})")
         self.kind = kind
         self.steps = 0
         self.weight_decay = any(c.weight_decay != 0 for b in blocks for c in b.cfgs)

@@ -1,18 +1,23 @@
 """Training a claimed pack: sub-packs sized to memory, out-of-memory retries, CPU threads.
 
+``train_packs`` trains a claimed pack, ``train_one`` a trial claimed alone: both in the
+fused engine, on a CPU always with one torch thread per part, so every trial the worker
+trains gets the numbers it would get in any pack (see worker/fused.py, Reproducibility).
+
 Pure: torch + worker.fused/packing; no database or HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from gridsweep.vocab import TrialConfig, resolve_loss
-from worker.fused import OnEpoch, OnFinish, train_pack
+from worker.fused import OnEpoch, OnFinish, PackStopped, train_pack
 from worker.packing import memory_budget, split_for_memory, split_for_threads
 from worker.train import EpochMetrics, TensorSplit, TrialResult, n_outputs_for
 
@@ -40,7 +45,10 @@ def train_packs(
       (every architecture evenly spread), each trained by a thread of its own with one
       torch thread: the parts run side by side with no OpenMP barrier between them, which
       scales better than one pack on all cores and degrades far less on a shared machine.
-      The callbacks are then called from those threads (a part's trials at a time).
+      The callbacks are then called from those threads (a part's trials at a time). A CPU
+      pack of one part trains on one torch thread too (``one_torch_thread``): how a kernel
+      splits its work among threads changes its rounding, so a trial's numbers would
+      otherwise depend on the worker's thread count and on the part it landed in.
     * Sub-packs fit the device's memory (``budget`` bytes; default half of what is free).
       When one still runs out of memory, its trials that have not finished are split in
       two and trained again from scratch (their epochs are reported again: the API keeps
@@ -49,9 +57,61 @@ def train_packs(
     """
     if not cfgs:
         return []
-    if threads > 1 and data.device.type == "cpu" and len(cfgs) > 1:
-        return _in_threads(cfgs, data, threads, budget, on_epoch, on_finish, kw)
-    return _in_memory(cfgs, data, budget, on_epoch, on_finish, kw)
+    with one_torch_thread(data.device):
+        if threads > 1 and data.device.type == "cpu" and len(cfgs) > 1:
+            return _in_threads(cfgs, data, threads, budget, on_epoch, on_finish, kw)
+        return _in_memory(cfgs, data, budget, on_epoch, on_finish, kw)
+
+
+@contextlib.contextmanager
+def one_torch_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU: one torch (and MKL) thread while the block runs, process-wide, restored after.
+    Threads started inside take the setting (torch applies it lazily in each new thread)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_one(
+    cfg: TrialConfig,
+    data: TensorSplit,
+    *,
+    on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    evaluate_test: bool = False,
+    train_on_validation: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    allow_tf32: bool = False,
+) -> TrialResult:
+    """One trial in the fused engine, as a pack of one, with ``worker.train.train_trial``'s
+    interface and outcomes (``on_epoch`` returning True cancels; ``should_stop`` ends it
+    ``stopped``; the model is kept). The worker trains a trial claimed alone (``--pack-size 1``,
+    final and refit trials, a rerun) this way, so its numbers are bit for bit those it gets in
+    any pack; ``train_trial`` stays the reference the engine is tested against (round-off)."""
+
+    def pack_epoch(epoch: int, ms: dict[int, EpochMetrics]) -> dict[int, str]:
+        return {0: "cancel"} if on_epoch is not None and 0 in ms and on_epoch(ms[0]) is True else {}
+
+    try:
+        with one_torch_thread(data.device):
+            (result,) = train_pack(
+                [cfg],
+                data,
+                on_epoch=pack_epoch,
+                evaluate_test=evaluate_test,
+                train_on_validation=train_on_validation,
+                keep_models=True,
+                allow_tf32=allow_tf32,
+                should_stop=should_stop,
+            )
+    except PackStopped:
+        return TrialResult(status="stopped")
+    return result
 
 
 def _remap(
@@ -96,16 +156,12 @@ def _in_threads(
         except BaseException as exc:
             errors.append(exc)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # process-wide: restored when the pack is done
-    try:
-        workers = [threading.Thread(target=run, args=(p,), name=f"pack-{j}") for j, p in enumerate(parts)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-    finally:
-        torch.set_num_threads(before)
+    # One torch thread each (``train_packs`` set it process-wide before these threads start).
+    workers = [threading.Thread(target=run, args=(p,), name=f"pack-{j}") for j, p in enumerate(parts)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
     if errors:
         raise errors[0]
     return [results[i] for i in range(len(cfgs))]

@@ -18,13 +18,18 @@ from worker.train import TensorSplit, TrialResult, n_outputs_for
 
 
 def versions() -> dict[str, Any]:
-    """The software a trial ran on (CPU results are exact only under the same versions and threads)."""
+    """The software a trial ran on (CPU results are exact only under the same versions and CPU kind).
+
+    ``cpu_capability``: the SIMD level torch's CPU kernels run at (AVX512, AVX2, ...), a hint
+    of the CPU kind. The fused engine's numbers do not depend on it, but the BLAS (MKL) picks
+    its own kernels by CPU, so an AVX2 and an AVX-512 CPU round matmuls differently."""
     return {
         "gridsweep": __version__,
         "torch": str(torch.__version__),  # a TorchVersion: plain str for JSON and weights_only loads
         "numpy": str(np.__version__),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

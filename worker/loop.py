@@ -30,11 +30,12 @@ from gridsweep.claims import Claim
 from gridsweep.client import ApiClient, ApiError
 from gridsweep.vocab import TrialConfig
 from worker.data import DataCache
+from worker.fused_packs import train_one
 from worker.handback import model_files, upload_model
 from worker.leases import Abandon, Held, PackHandle, TrialLost, failed, finite, outcome, repro_record
 from worker.pack_runner import run_packs
 from worker.packing import auto_pack_size, parse_pack_size
-from worker.train import EpochMetrics, select_device, train_trial
+from worker.train import EpochMetrics, select_device
 from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")
@@ -79,7 +80,8 @@ class Worker:
         self.device = select_device(device)
         self.device_name = describe_device(self.device)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        # 1: the reference path, one trial at a time; more: fused packs; None/"auto": by device.
+        # 1: one trial at a time (the fused engine as a pack of one); more: fused packs; None/"auto":
+        # by device. Either way a trial gets the same numbers (worker/fused.py, Reproducibility).
         self.pack_size = parse_pack_size(pack_size) or auto_pack_size(self.device.type)
         self.allow_tf32 = allow_tf32
         self.poll_seconds = poll_seconds
@@ -92,8 +94,9 @@ class Worker:
         self.heartbeat_seconds = 10.0
         self.worker_id = ""
         if threads:
-            torch.set_num_threads(threads)  # the one-by-one path: torch intra-op threads
-        # CPU packs: one part per thread, each with one torch thread (default: as many as torch has).
+            torch.set_num_threads(threads)
+        # CPU packs: one part per thread, each with one torch thread (default: as many as torch has);
+        # a trial trained alone runs on one torch thread too (worker.fused_packs.one_torch_thread).
         self.pack_threads = pack_threads or torch.get_num_threads()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -191,8 +194,9 @@ class Worker:
     def run_claimed(self, claimed: list[Claim]) -> int:
         """Train what one claim brought; return how many outcomes the API accepted.
 
-        Final trials (test evaluation, refit) take the reference path one by one: there
-        are few of them and their test metrics then match ``--pack-size 1`` exactly.
+        Final trials (test evaluation, refit) are trained one by one (``run_one``: the engine
+        as a pack of one, which uploads their models): there are few of them, and a trial's
+        numbers are the same in a pack of one as in any pack.
         """
         self.held.take(claimed)
         singles = claimed
@@ -273,13 +277,15 @@ class Worker:
             info = self.data.info(*c.source)
             repro = repro_record(c, self.device_name, info.data_hash)
             cfg = TrialConfig.from_params(c.params, c.seed, data.task, data.n_classes)
-            result = train_trial(
+            # The fused engine as a pack of one: the numbers this trial gets in any pack.
+            result = train_one(
                 cfg,
                 data,
                 on_epoch=on_epoch,
                 evaluate_test=c.evaluate_test,
                 train_on_validation=c.refit,
                 should_stop=should_stop,
+                allow_tf32=self.allow_tf32,
             )
             if result.status == "stopped":
                 raise TrialLost if tid in self.held.lost else Abandon

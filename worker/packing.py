@@ -8,6 +8,11 @@ activation padded to the largest. Blocks of a pack run in lockstep (one batch, o
 backward, one optimizer step for all), so a block costs a little dispatch time per
 step and padding costs wasted FLOPs; ``plan_blocks`` weighs the two.
 
+Reproducibility: every hidden width is padded to its *canonical* width (a multiple of
+``WIDTH_MULTIPLE``), a function of the trial alone, and the worker's modes (``auto``,
+``group``) only put trials in one block when each computes at its own canonical shapes, so a
+trial's numbers do not depend on the pack it trained in (see worker/fused.py).
+
 Pure: plain Python (torch only to look at a device).
 """
 
@@ -29,6 +34,22 @@ AUTO_PACK_SIZE = {"cpu": 64, "cuda": 512}
 # at ~20 TFLOP/s on a GPU, which therefore merges (pads) far more eagerly.
 BLOCK_OVERHEAD_FLOPS_PER_ROW = {"cpu": 5e4, "cuda": 1.5e7}
 PACKING_MODES = ("auto", "group", "pad", "pad_all")
+# Hidden widths are padded up to a multiple of this (``canonical_width``). A CPU elementwise
+# kernel runs SIMD steps of two vectors (32 float32 with AVX-512, 16 with AVX2; fewer float64)
+# and finishes the last ``numel % step`` elements with scalar code, whose exp/log/erf round
+# differently: with whole multiples of 32 per trial and row, no element of any trial is ever
+# in that remainder, whatever the block's K or the batch's rows.
+WIDTH_MULTIPLE = 32
+
+
+def canonical_width(width: int) -> int:
+    """``width`` rounded up to a multiple of ``WIDTH_MULTIPLE`` (the padded units stay exactly zero)."""
+    return -(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+
+
+def canonical_widths(cfg: TrialConfig) -> tuple[int, ...]:
+    """The hidden widths ``cfg`` trains at: its own, each padded to ``canonical_width``."""
+    return tuple(canonical_width(w) for w in cfg.hidden_units)
 
 
 def parse_pack_size(value: Any) -> int | None:
@@ -49,13 +70,25 @@ def auto_pack_size(device_type: str) -> int:
 
 
 def padded_widths(cfgs: Sequence[TrialConfig]) -> list[int]:
-    """Hidden widths of a block holding ``cfgs``: per layer the largest when all have the
-    same depth; else one width (the largest) for all, since a shallow trial passes its
-    last hidden activation through the deeper layers."""
+    """Hidden widths of a block holding ``cfgs``: per layer the largest canonical width when
+    all have the same depth; else one width (the largest) for all, since a shallow trial
+    passes its last hidden activation through the deeper layers."""
     depth = max(c.layers for c in cfgs)
+    widths = [canonical_widths(c) for c in cfgs]
     if all(c.layers == depth for c in cfgs):
-        return [max(c.hidden_units[layer] for c in cfgs) for layer in range(depth)]
-    return [max(w for c in cfgs for w in c.hidden_units)] * depth
+        return [max(w[layer] for w in widths) for layer in range(depth)]
+    return [max(w for ws in widths for w in ws)] * depth
+
+
+def _family(cfg: TrialConfig) -> tuple[Any, ...]:
+    """Trials of one family may share an exact block: same activation and canonical widths, or
+    (any depth) every canonical width the same one W. A shallower trial then passes its last
+    activation through the deeper layers unchanged (``torch.where``; the zero weights there add
+    exact zeros to its gradient), so it computes at its own shapes: [d, W, ..., W, out]."""
+    widths = canonical_widths(cfg)
+    if len(set(widths)) == 1:
+        return (cfg.activation, "uniform", widths[0])
+    return (cfg.activation, widths)
 
 
 def matmul_flops(dims: Sequence[int], train: bool = True) -> int:
@@ -76,21 +109,28 @@ def plan_blocks(
 ) -> list[list[int]]:
     """Positions of ``cfgs`` grouped into blocks.
 
-    ``group``: one block per exact architecture (activation, widths). ``pad``: one block
-    per activation and depth (widths padded). ``pad_all``: one block per activation
-    (widths and depths padded). ``auto``: exact groups of one activation, in order of
-    depth and width, merged while the padded block is estimated cheaper than the two apart.
+    ``group``: one block per canonical architecture (activation, canonical widths).
+    ``auto``: those groups, merged across depths within a family (``_family``: one uniform
+    canonical width) while the merged block is estimated cheaper than the two apart. Both
+    are exact: every trial computes at its own canonical shapes, so its numbers do not
+    depend on its pack. ``pad``: one block per activation and depth (widths padded);
+    ``pad_all``: one block per activation (widths and depths padded): a trial then computes
+    at its block's widths, which its results may depend on (to round-off); for benchmarks.
     """
     if mode not in PACKING_MODES:
         raise ValueError(f"unknown packing mode {mode!r} (use one of {', '.join(PACKING_MODES)})")
     groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
     for i, c in enumerate(cfgs):
-        groups.setdefault((c.activation, tuple(c.hidden_units)), []).append(i)
+        groups.setdefault((c.activation, canonical_widths(c)), []).append(i)
     if mode == "group":
         return list(groups.values())
     by_act: dict[Any, list[list[int]]] = {}
     for (act, widths), ids in groups.items():
-        by_act.setdefault((act, len(widths)) if mode == "pad" else act, []).append(ids)
+        if mode == "auto":
+            key = _family(cfgs[ids[0]])
+        else:
+            key = (act, len(widths)) if mode == "pad" else act
+        by_act.setdefault(key, []).append(ids)
     if mode in ("pad", "pad_all"):
         return [list(itertools.chain.from_iterable(gs)) for gs in by_act.values()]
     device_type = getattr(device, "type", str(device).split(":")[0])
@@ -101,7 +141,7 @@ def plan_blocks(
 
     blocks: list[list[int]] = []
     for gs in by_act.values():
-        gs = sorted(gs, key=lambda ids: (cfgs[ids[0]].layers, max(cfgs[ids[0]].hidden_units)))
+        gs = sorted(gs, key=lambda ids: cfgs[ids[0]].layers)  # a family: one group per depth
         cur = gs[0]
         for ids in gs[1:]:
             if cost(cur + ids) <= cost(cur) + cost(ids):

@@ -34,7 +34,8 @@ Contracts (exact, so another implementation can reproduce a trial bit for bit):
   Per step: ``zero_grad(set_to_none=True)``, forward, loss, backward, step.
 * Metrics: an epoch's train_loss is ``sum(batch_loss * batch_size) / n_fit``,
   accumulated in float64 on the device. After each epoch the whole val split is
-  evaluated in eval mode (no dropout): val_loss, and for classification
+  evaluated in eval mode (no dropout): val_loss (the per-row losses, in the training
+  dtype, summed in float64 and divided by the rows), and for classification
   val_accuracy and val_error = 1 - val_accuracy (bce predicts class 1 iff logit > 0,
   cross_entropy predicts the argmax). The result's ``metrics`` are the LAST epoch's.
 * Divergence: a NaN/inf train or val loss ends the trial with status "diverged"
@@ -246,16 +247,21 @@ def build_model(
 
 def compute_loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """Mean loss of model outputs ``out`` against targets ``y`` (as stored in a TensorSplit)."""
+    return row_losses(out, y, loss, reduction="mean")
+
+
+def row_losses(out: torch.Tensor, y: torch.Tensor, loss: str, reduction: str = "none") -> torch.Tensor:
+    """The loss of each row of ``out`` against ``y`` (``reduction="mean"``: their mean)."""
     if loss == "mse":
-        return F.mse_loss(out, y)
+        return F.mse_loss(out, y, reduction=reduction)
     if loss == "mae":
-        return F.l1_loss(out, y)
+        return F.l1_loss(out, y, reduction=reduction)
     if loss == "huber":
-        return F.huber_loss(out, y, delta=1.0)
+        return F.huber_loss(out, y, reduction=reduction, delta=1.0)
     if loss == "bce":
-        return F.binary_cross_entropy_with_logits(out, y.reshape(-1, 1).to(out.dtype))
+        return F.binary_cross_entropy_with_logits(out, y.reshape(-1, 1).to(out.dtype), reduction=reduction)
     if loss == "cross_entropy":
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(out, y, reduction=reduction)
     raise ValueError(f"unknown loss {loss!r}")
 
 
@@ -268,7 +274,8 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, task
         out = model(X)
     finally:
         model.train(was_training)
-    res = {"loss": float(compute_loss(out, y, loss))}
+    # The per-row losses (training dtype) summed in float64, as the fused engine does.
+    res = {"loss": float(row_losses(out, y, loss).sum(dtype=torch.float64)) / X.shape[0]}
     if task == "classification":
         pred = (out[:, 0] > 0).long() if loss == "bce" else out.argmax(dim=1)
         acc = float((pred == y).double().mean())

@@ -19,10 +19,10 @@ from app.config import Settings
 
 def local_threads(workers: int) -> int:
     """CPU threads for each of ``workers`` local workers (`run`, `up`): the usable cores shared
-    out, at least one. A fused CPU pack trains in that many parts (one torch thread each); the
-    one-by-one path uses them as torch intra-op threads. More threads than cores only spin: on
-    2 cores `gridsweep run examples/moons.yaml --pack-size 1` took 160 s with 2 threads per
-    worker beside the in-process API's, 27 s with 1."""
+    out, at least one. A fused CPU pack trains in that many parts (one torch thread each; a
+    trial trained alone on one). More threads than cores only spin: on 2 cores `gridsweep run
+    examples/moons.yaml --pack-size 1` took 160 s with 2 torch threads per worker beside the
+    in-process API's, 27 s with 1 (when the one-by-one path still used torch threads)."""
     try:
         cores = len(os.sched_getaffinity(0))  # what this process may run on (cgroups, taskset)
     except AttributeError:  # not on Linux

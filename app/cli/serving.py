@@ -73,7 +73,7 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     "--threads",
     default=None,
     type=int,
-    help="CPU threads: parts of a fused CPU pack, or torch threads for one trial at a time.",
+    help="CPU threads: parts of a fused CPU pack (each part, and a trial alone, on one torch thread).",
 )
 @click.option(
     "--exit-when-idle",
