@@ -353,14 +353,15 @@ def test_plan_blocks_groups_pads_and_merges_tiny_groups() -> None:
     assert plan_blocks(cfgs, 16, 1, mode="pad") == [list(range(16)), list(range(16, 32)), list(range(32, 48))]
     deep = [cfg_(layers=3, hidden_units=(32,) * 3, seed=s) for s in range(4)]
     assert plan_blocks(big + deep, 16, 1, mode="pad") == [list(range(20))]  # same depth: widths padded
-    # auto: padding 16 small trials to 3x128 costs more than a block; 16 unique tiny ones merge.
-    assert sorted(map(sorted, plan_blocks(cfgs, 16, 1))) == [
-        list(range(16)),
-        list(range(16, 32)),
-        list(range(32, 48)),
-    ]
+    # auto on a CPU: blocks of one canonical architecture (widths padded to a multiple of 32),
+    # so 16 unique tiny widths share one block and nothing else is merged.
+    assert plan_blocks(cfgs, 16, 1) == plan_blocks(cfgs, 16, 1, mode="group")
     unique = [cfg_(layers=1, hidden_units=(w,), seed=w) for w in range(4, 20)]
     assert plan_blocks(unique, 16, 1) == [list(range(16))]
+    assert plan_blocks([*unique, cfg_(hidden_units=(33,))], 16, 1) == [list(range(16)), [16]]
+    # auto on a GPU: a block costs launches, so padding 16 small trials to 3x128 is cheaper.
+    gpu = plan_blocks(cfgs, 16, 1, device="cuda")
+    assert sorted(map(sorted, gpu)) == [list(range(32)), list(range(32, 48))]
     with pytest.raises(ValueError, match="unknown packing mode"):
         plan_blocks(cfgs, 16, 1, mode="bogus")
 

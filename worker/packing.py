@@ -9,9 +9,9 @@ backward, one optimizer step for all), so a block costs a little dispatch time p
 step and padding costs wasted FLOPs; ``plan_blocks`` weighs the two.
 
 Reproducibility: every hidden width is padded to its *canonical* width (a multiple of
-``WIDTH_MULTIPLE``), a function of the trial alone, and the worker's modes (``auto``,
-``group``) only put trials in one block when each computes at its own canonical shapes, so a
-trial's numbers do not depend on the pack it trained in (see worker/fused.py).
+``WIDTH_MULTIPLE``), a function of the trial alone, and on a CPU the worker's mode
+(``auto``) only stacks trials of one canonical architecture, so a trial's numbers do not
+depend on the pack it trained in (see worker/fused.py).
 
 Pure: plain Python (torch only to look at a device).
 """
@@ -80,17 +80,6 @@ def padded_widths(cfgs: Sequence[TrialConfig]) -> list[int]:
     return [max(w for ws in widths for w in ws)] * depth
 
 
-def _family(cfg: TrialConfig) -> tuple[Any, ...]:
-    """Trials of one family may share an exact block: same activation and canonical widths, or
-    (any depth) every canonical width the same one W. A shallower trial then passes its last
-    activation through the deeper layers unchanged (``torch.where``; the zero weights there add
-    exact zeros to its gradient), so it computes at its own shapes: [d, W, ..., W, out]."""
-    widths = canonical_widths(cfg)
-    if len(set(widths)) == 1:
-        return (cfg.activation, "uniform", widths[0])
-    return (cfg.activation, widths)
-
-
 def matmul_flops(dims: Sequence[int], train: bool = True) -> int:
     """Matmul FLOPs per row through ``dims[0] -> ... -> dims[-1]``: forward (2/weight) or a
     training step (forward + weight gradient + input gradient, none for the first layer)."""
@@ -109,31 +98,31 @@ def plan_blocks(
 ) -> list[list[int]]:
     """Positions of ``cfgs`` grouped into blocks.
 
-    ``group``: one block per canonical architecture (activation, canonical widths).
-    ``auto``: those groups, merged across depths within a family (``_family``: one uniform
-    canonical width) while the merged block is estimated cheaper than the two apart. Both
-    are exact: every trial computes at its own canonical shapes, so its numbers do not
-    depend on its pack. ``pad``: one block per activation and depth (widths padded);
-    ``pad_all``: one block per activation (widths and depths padded): a trial then computes
-    at its block's widths, which its results may depend on (to round-off); for benchmarks.
+    ``group``: one block per canonical architecture (activation, canonical widths): every
+    trial computes at its own canonical shapes, so its numbers do not depend on its pack.
+    ``auto``: ``group`` on a CPU. On a GPU (where nothing is exact across packs, and a block
+    costs many kernel launches) the groups of one activation, in order of depth and width,
+    merged while the padded block is estimated cheaper than the two apart. ``pad``: one block
+    per activation and depth (widths padded); ``pad_all``: one block per activation (widths
+    and depths padded): a trial then computes at its block's widths, which its results may
+    depend on (to round-off); for benchmarks.
+
+    (Merging depths at one canonical width would be exact too, a shallow trial passing its
+    activation through the deeper layers, but it measured ~10 % slower on the benchmark grid.)
     """
     if mode not in PACKING_MODES:
         raise ValueError(f"unknown packing mode {mode!r} (use one of {', '.join(PACKING_MODES)})")
     groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
     for i, c in enumerate(cfgs):
         groups.setdefault((c.activation, canonical_widths(c)), []).append(i)
-    if mode == "group":
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    if mode == "group" or (mode == "auto" and device_type != "cuda"):
         return list(groups.values())
     by_act: dict[Any, list[list[int]]] = {}
     for (act, widths), ids in groups.items():
-        if mode == "auto":
-            key = _family(cfgs[ids[0]])
-        else:
-            key = (act, len(widths)) if mode == "pad" else act
-        by_act.setdefault(key, []).append(ids)
+        by_act.setdefault((act, len(widths)) if mode == "pad" else act, []).append(ids)
     if mode in ("pad", "pad_all"):
         return [list(itertools.chain.from_iterable(gs)) for gs in by_act.values()]
-    device_type = getattr(device, "type", str(device).split(":")[0])
     overhead = BLOCK_OVERHEAD_FLOPS_PER_ROW.get(device_type, BLOCK_OVERHEAD_FLOPS_PER_ROW["cpu"])
 
     def cost(ids: list[int]) -> float:
@@ -141,7 +130,7 @@ def plan_blocks(
 
     blocks: list[list[int]] = []
     for gs in by_act.values():
-        gs = sorted(gs, key=lambda ids: cfgs[ids[0]].layers)  # a family: one group per depth
+        gs = sorted(gs, key=lambda ids: (cfgs[ids[0]].layers, max(cfgs[ids[0]].hidden_units)))
         cur = gs[0]
         for ids in gs[1:]:
             if cost(cur + ids) <= cost(cur) + cost(ids):
