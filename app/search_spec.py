@@ -254,14 +254,19 @@ def check_search(spec: Any, n_grid_configs: int | None, max_trials: int) -> list
             )
         if spec.max_trials is not None:
             errors.append(
-                {"loc": ("max_trials",), "msg": "max_trials is for methods random, tpe and qmc; "
-                 "method grid runs every config"}
+                {
+                    "loc": ("max_trials",),
+                    "msg": "max_trials is for methods random, tpe and qmc; method grid runs every config",
+                }
             )
         return errors
     if many:
         errors.append(
-            {"loc": ("parameters",), "msg": f"sub-grids (a list of grids) are for method grid; "
-             f"method {spec.method} samples one space"}
+            {
+                "loc": ("parameters",),
+                "msg": f"sub-grids (a list of grids) are for method grid; "
+                f"method {spec.method} samples one space",
+            }
         )
     n_seeds = len(spec.seeds)
     if spec.max_trials is None:

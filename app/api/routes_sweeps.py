@@ -49,6 +49,11 @@ def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
+def _created(sweep: Sweep, spec: SweepCreate) -> SweepCreated:
+    n_configs = sweep.n_trials // len(spec.seeds)
+    return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials, n_configs=n_configs)
+
+
 @router.post("/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepCreated)
 def create_sweep(
     spec: SweepCreate,
@@ -61,7 +66,7 @@ def create_sweep(
     """Submit a sweep: the spec is validated and expanded into trials (at most once per key)."""
     if idempotency_key is None:
         sweep = sweep_service.create_sweep(session, spec, settings)
-        return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+        return _created(sweep, spec)
     owner = principal.name if principal else ""
     digest = idempotency.request_hash(spec.model_dump(mode="json"))
     try:
@@ -74,7 +79,7 @@ def create_sweep(
         response.headers["Idempotent-Replayed"] = "true"
         return SweepCreated(**key.response)
     sweep = sweep_service.create_sweep(session, spec, settings)
-    created = SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+    created = _created(sweep, spec)
     idempotency.finish(session, key, sweep.id, status.HTTP_201_CREATED, created.model_dump(mode="json"))
     return created
 

@@ -7,11 +7,27 @@ import statistics
 from sqlalchemy.orm import Session
 
 from app.models import Sweep, Trial, TrialRole, TrialStatus
-from app.schemas import BestRead, EpochRead, MetricRead, SeedResult, SweepRead, TrialDetail, TrialRead
+from app.schemas import (
+    BestRead,
+    EpochRead,
+    MetricRead,
+    RungRead,
+    SeedResult,
+    SweepRead,
+    TrialDetail,
+    TrialRead,
+)
+from app.services.pruning import pruning_report, trial_rungs
 from app.services.sweeps import METRIC_COLUMNS, TEST_COLUMNS, final_trials, leaderboard, trial_counts
 from app.services.trial_queries import trial_epochs
 
-DONE = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
+DONE = (
+    TrialStatus.succeeded,
+    TrialStatus.failed,
+    TrialStatus.diverged,
+    TrialStatus.canceled,
+    TrialStatus.pruned,
+)
 
 
 def _metrics(t: Trial, cols: tuple[str, ...]) -> dict[str, float | None]:
@@ -74,6 +90,8 @@ def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = N
         progress=done / sweep.n_trials if sweep.n_trials else 1.0,
         best=best_read(session, sweep),
         error=sweep.error,
+        method=sweep.method,
+        pruning=pruning_report(session, sweep),
         spec=sweep.spec,
         created_at=sweep.created_at,
         started_at=sweep.started_at,
@@ -83,4 +101,8 @@ def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = N
 
 def trial_detail(session: Session, trial: Trial) -> TrialDetail:
     base = TrialRead.model_validate(trial).model_dump()
-    return TrialDetail(**base, epochs=[EpochRead.model_validate(e) for e in trial_epochs(session, trial)])
+    return TrialDetail(
+        **base,
+        epochs=[EpochRead.model_validate(e) for e in trial_epochs(session, trial)],
+        rungs=[RungRead.model_validate(r) for r in trial_rungs(session, trial)],
+    )

@@ -286,7 +286,7 @@ def top_up(session: Session, sweep_id: int, want_trials: int, max_attempts: int)
     if len(configs) < need:
         # The space ran out of new configs: the sweep ends with what it has.
         sweep.n_trials = (made + len(configs)) * n_seeds
-        log.info("sweep %d: only %d distinct configs found, ending the search there", sweep.id, sweep.n_trials)
+        log.info("sweep %d: the space has no new config left, ending at %d", sweep.id, made + len(configs))
         session.flush()
         finalize_if_done(session, sweep.id)
     return added
