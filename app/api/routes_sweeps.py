@@ -13,16 +13,20 @@ from app.auth import PrincipalDep, require
 from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
     BestRead,
+    ImportanceRead,
     LeaderboardEntry,
     Page,
     SweepCreate,
     SweepCreated,
+    SweepExtended,
     SweepRead,
     TrialDetail,
     TrialRead,
 )
 from app.services import idempotency
 from app.services import sweeps as sweep_service
+from app.services.extend import ExtendConflict, extend_sweep
+from app.services.importance import EVALUATORS, param_importance
 from app.services.reads import best_read, sweep_read, trial_detail
 from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
@@ -167,6 +171,40 @@ def cancel_sweep(sweep_id: IdPath, session: SessionDep) -> SweepRead:
     """Cancel a sweep: queued trials now, running ones at their next epoch."""
     sweep = sweep_service.cancel_sweep(session, _sweep_or_404(session, sweep_id))
     return sweep_read(session, sweep)
+
+
+@router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
+def extend(sweep_id: IdPath, spec: SweepCreate, session: SessionDep, settings: SettingsDep) -> SweepExtended:
+    """Add the configs of ``spec`` the sweep has not run (by config hash); a finished sweep runs again.
+
+    Dataset, split, metric, method, pruner, refit and sampler seed must stay as they are; a
+    random / tpe / qmc sweep may only grow ``max_trials``.
+    """
+    _sweep_or_404(session, sweep_id)
+    try:
+        ext = extend_sweep(session, sweep_id, spec, settings)
+    except ExtendConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return SweepExtended(
+        id=ext.sweep.id,
+        status=ext.sweep.status,
+        n_trials=ext.sweep.n_trials,
+        added_trials=ext.added_trials,
+        added_configs=ext.added_configs,
+        reused_configs=ext.reused_configs,
+    )
+
+
+@router.get("/sweeps/{sweep_id}/importance", response_model=ImportanceRead)
+def get_importance(
+    sweep_id: IdPath,
+    session: ReadSessionDep,
+    evaluator: Annotated[Literal[EVALUATORS], Query()] = "ped_anova",  # type: ignore[valid-type]
+) -> ImportanceRead:
+    """How much each varied parameter matters to the metric, over the configs that rank
+    (Optuna's PED-ANOVA, or fANOVA); empty with fewer than two scored configs."""
+    sweep = _sweep_or_404(session, sweep_id)
+    return ImportanceRead.model_validate(param_importance(session, sweep, evaluator))
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail, tags=["trials"])
