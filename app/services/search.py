@@ -205,7 +205,10 @@ def synced_study(session: Session, sweep: Sweep, spec: SweepSpec, space: Space) 
         entry.states.append(c.state)
     for c in configs[:known]:  # results that came in since the last batch
         if entry.states[c.index] == "running" and c.state != "running":
-            entry.study.tell(entry.numbers[c.index], **_tell_args(optuna, c))
+            args = _tell_args(optuna, c)
+            if "value" in args:  # create_trial takes `value`, tell takes `values`
+                args["values"] = args.pop("value")
+            entry.study.tell(entry.numbers[c.index], **args)
             entry.states[c.index] = c.state
     _CACHE[sweep.id] = entry
     return entry
