@@ -11,8 +11,9 @@ import click
 import yaml
 from pydantic import ValidationError
 
+from app import search_spec
 from app.cli.api import BadInput
-from app.spec import SweepSpec, format_loc
+from app.spec import AXES, SweepSpec, format_loc
 
 
 def load_spec(path: str) -> SweepSpec:
@@ -41,8 +42,9 @@ def fmt(v: Any) -> str:
 
 
 def varying_axes(spec: dict[str, Any]) -> list[str]:
-    """The grid axes with more than one value (the columns worth showing)."""
-    return [k for k, v in spec.get("parameters", {}).items() if isinstance(v, list) and len(v) > 1]
+    """The axes the spec varies (lists of several values, distributions, sub-grids that differ):
+    the columns worth showing."""
+    return search_spec.varying_axes(spec, AXES)
 
 
 def leaderboard_table(sweep: dict[str, Any], board: list[dict[str, Any]]) -> str:
@@ -88,10 +90,10 @@ def best_text(best: dict[str, Any] | None) -> str:
 
 def progress_line(sweep: dict[str, Any]) -> str:
     c = sweep["counts"]
-    done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled"))
+    done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled", "pruned"))
     best = sweep.get("best")
     b = f", best {sweep['metric']['name']} {best['validation']['mean']:.4f}" if best else ""
-    extra = "".join(f", {c[s]} {s}" for s in ("failed", "diverged") if c.get(s))
+    extra = "".join(f", {c[s]} {s}" for s in ("failed", "diverged", "pruned") if c.get(s))
     return f"sweep {sweep['id']} {sweep['status']}: {done}/{sweep['n_trials']} trials done{extra}{b}"
 
 
