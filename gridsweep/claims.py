@@ -7,7 +7,7 @@ The API answers ``POST /api/v1/workers/{id}/claim`` with JSON objects of this sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -29,7 +29,7 @@ class Claim:
     dataset_id: int | None = None  # an uploaded dataset: GET /api/v1/datasets/{id}/data
     data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
     upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
-    rungs: list[int] = field(default_factory=list)  # epochs the sweep's pruner judges: wait for its answer
+    rungs: tuple[int, ...] | list[int] = ()  # epochs the sweep's pruner judges: wait for its answer
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Claim:

@@ -14,6 +14,7 @@ from app.models import Sweep, SweepStatus, Trial, TrialStatus, Worker
 from app.schemas import DB_INT_MAX
 from app.services.overview import sweep_pulse, sweep_rows, trial_page, worker_rows
 from app.services.plots import grid_axes
+from app.services.pruning import pruning_report, trial_rungs
 from app.services.reads import best_read
 from app.services.sweeps import get_sweep
 from app.services.trial_queries import SORTABLE, trial_epochs
@@ -112,6 +113,7 @@ def summary_context(session: Session, sweep: Sweep) -> dict[str, Any]:
         "sweep": sweep,
         "pulse": pulse,
         "best": best_read(session, sweep),
+        "pruning": pruning_report(session, sweep),
         "axes": grid_axes(sweep),
         "live": sweep.status in LIVE_SWEEP,
         "statuses": STATUS_ORDER,
@@ -185,6 +187,7 @@ def trial_context(session: Session, trial_id: int) -> dict[str, Any]:
         "sweep": sweep,
         "worker": worker,
         "epochs": trial_epochs(session, trial),
+        "rungs": trial_rungs(session, trial),
         "axes": grid_axes(sweep),
         "live": trial.status in (TrialStatus.queued, TrialStatus.running),
     }
