@@ -108,48 +108,64 @@ class Judge:
         if n_ok == 0 or n_ok < p.setting("n_startup_trials"):
             return None
         values = list(self.values(epoch, succeeded_only=True).values())
-        if len(values) < p.setting("n_min_trials"):
-            return None
-        seen = [v for e, v in history.items() if e <= epoch]
-        best = min(seen) if self.minimize else max(seen)
-        median = float(np.percentile(np.array(values, dtype=float), 50))
-        worse = best > median if self.minimize else best < median
-        return {
-            "would_prune": worse,
-            "value": best,
-            "threshold": median,
-            "n_compared": len(values),
-            "reason": f"epoch {epoch}: best {self.metric} so far {best:.6g} is "
-            f"{'worse than' if worse else 'not worse than'} the median {median:.6g} "
-            f"of the {len(values)} finished trials at that epoch",
-        }
+        return median_rule(epoch, history, values, self.minimize, p.setting("n_min_trials"), self.metric)
 
-    def _asha(self, epoch: int, value: float) -> dict[str, Any] | None:
-        p = self.pruner
-        eta = p.setting("reduction_factor")
-        competing = sorted(self.values(epoch, succeeded_only=False).values())
-        rung = p.rungs(10**9).index(epoch)
-        if len(competing) <= p.setting("bootstrap_count"):
-            return {
-                "would_prune": True,
-                "value": value,
-                "threshold": None,
-                "n_compared": len(competing),
-                "reason": f"epoch {epoch} (rung {rung}): only {len(competing)} trials reached it, "
-                f"bootstrap_count is {p.setting('bootstrap_count')}",
-            }
-        idx = max(len(competing) // eta - 1, 0)
-        cut = competing[idx] if self.minimize else competing[-(idx + 1)]
-        keep = value <= cut if self.minimize else value >= cut
+    def _asha(self, epoch: int, value: float) -> dict[str, Any]:
+        competing = list(self.values(epoch, succeeded_only=False).values())
+        return asha_rule(epoch, value, competing, self.minimize, self.pruner, self.metric)
+
+
+def median_rule(
+    epoch: int, history: dict[int, float], values: list[float], minimize: bool, n_min: int, metric: str
+) -> dict[str, Any] | None:
+    """Optuna's MedianPruner at ``epoch``: the trial's best value so far against the median of
+    the finished trials' ``values`` at that epoch; None while fewer than ``n_min`` values."""
+    if len(values) < n_min:
+        return None
+    seen = [v for e, v in history.items() if e <= epoch]
+    best = min(seen) if minimize else max(seen)
+    median = float(np.percentile(np.array(values, dtype=float), 50))
+    worse = best > median if minimize else best < median
+    return {
+        "would_prune": worse,
+        "value": best,
+        "threshold": median,
+        "n_compared": len(values),
+        "reason": f"epoch {epoch}: best {metric} so far {best:.6g} is "
+        f"{'worse than' if worse else 'not worse than'} the median {median:.6g} "
+        f"of the {len(values)} finished trials at that epoch",
+    }
+
+
+def asha_rule(
+    epoch: int, value: float, competing: list[float], minimize: bool, pruner: PrunerSpec, metric: str
+) -> dict[str, Any]:
+    """Optuna's SuccessiveHalvingPruner at a rung: ``competing`` holds the values of every trial
+    that reached the rung, this one included."""
+    eta = pruner.setting("reduction_factor")
+    competing = sorted(competing)
+    rung = pruner.rungs(10**9).index(epoch)
+    if len(competing) <= pruner.setting("bootstrap_count"):
         return {
-            "would_prune": not keep,
+            "would_prune": True,
             "value": value,
-            "threshold": cut,
+            "threshold": None,
             "n_compared": len(competing),
-            "reason": f"epoch {epoch} (rung {rung}): {self.metric} {value:.6g} is "
-            f"{'within' if keep else 'outside'} the best {max(len(competing) // eta, 1)} of the "
-            f"{len(competing)} trials that reached this rung (cut-off {cut:.6g})",
+            "reason": f"epoch {epoch} (rung {rung}): only {len(competing)} trials reached it, "
+            f"bootstrap_count is {pruner.setting('bootstrap_count')}",
         }
+    idx = max(len(competing) // eta - 1, 0)
+    cut = competing[idx] if minimize else competing[-(idx + 1)]
+    keep = value <= cut if minimize else value >= cut
+    return {
+        "would_prune": not keep,
+        "value": value,
+        "threshold": cut,
+        "n_compared": len(competing),
+        "reason": f"epoch {epoch} (rung {rung}): {metric} {value:.6g} is "
+        f"{'within' if keep else 'outside'} the best {max(len(competing) // eta, 1)} of the "
+        f"{len(competing)} trials that reached this rung (cut-off {cut:.6g})",
+    }
 
 
 def _pruned_configs(session: Session, sweep_ids: set[int], keys: set[str]) -> dict[tuple[int, str], str]:

@@ -28,6 +28,7 @@ import json
 import logging
 import statistics
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,13 +168,15 @@ def _new_study(optuna: Any, sweep: Sweep, spec: SweepSpec) -> CachedStudy:
     study = optuna.create_study(direction=sweep.metric_goal)
     entry = CachedStudy(study)
     if spec.method == "qmc":
-        entry.sampler = optuna.samplers.QMCSampler(
-            seed=spec.sampler_seed,
-            scramble=True,
-            independent_sampler=optuna.samplers.RandomSampler(seed=spec.sampler_seed),
-            warn_asynchronous_seeding=False,
-            warn_independent_sampling=False,
-        )
+        with warnings.catch_warnings():  # "QMCSampler is experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            entry.sampler = optuna.samplers.QMCSampler(
+                seed=spec.sampler_seed,
+                scramble=True,
+                independent_sampler=optuna.samplers.RandomSampler(seed=spec.sampler_seed),
+                warn_asynchronous_seeding=False,
+                warn_independent_sampling=False,
+            )
     return entry
 
 
