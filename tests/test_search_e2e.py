@@ -146,6 +146,10 @@ def test_pruning_in_fused_packs_keeps_the_best_and_reports_its_audit(
         f"{report['n_pruned']} pruned, "
         f"audit: {report['n_audited']} kept, {report['n_beat_best_survivor']} beat the best survivor"
     )
+    page = server.http.get(f"/sweeps/{pruned}").text  # the dashboard says what the pruner did
+    assert 'data-testid="pruning"' in page and f'data-testid="n-pruned">{len(gone)}<' in page
+    trial_page = server.http.get(f"/trials/{gone[0]['id']}").text
+    assert 'data-testid="trial-rung"' in trial_page and "pruned at epoch" in trial_page
     for t in gone:  # it left its pack at the rung that pruned it, and the user can see why
         detail = server.http.get(f"/api/v1/trials/{t['id']}").json()
         (decision,) = [r for r in detail["rungs"] if r["decision"] == "prune"]
