@@ -353,7 +353,8 @@ def validate_spec(
             errors.append({**e, "loc": loc})
     discrete = len(grids) == 1 and all(not isinstance(v, Distribution) for _, v in grids[0])
     errors.extend(check_search(spec, _grid_count(grids[0]) if discrete else None, max_trials))
-    n = count_trials(spec, facts)
+    # Sub-grids are counted after resolving their losses, which the errors above may forbid.
+    n = count_trials(spec, None if errors else facts)
     if spec.method == "grid" and n > max_trials:
         errors.append(
             {

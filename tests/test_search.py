@@ -150,3 +150,20 @@ def test_the_api_answer_and_dry_run_count_configs(database: Database, settings: 
     assert count_trials(spec) == 50
     with database.session() as s:
         assert create_sweep(s, spec, settings).n_trials == 50
+
+
+def test_the_api_and_the_grid_path_do_not_import_optuna(db_url: str) -> None:
+    """Optuna is imported on the first search sweep, pruner-free grids never pay for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from app.api import create_app\n"
+        "from app.config import Settings\n"
+        f"create_app(Settings(database_url={db_url!r}))\n"
+        "import app.services.search, app.services.pruning, app.services.importance, app.cli.main\n"
+        "assert 'optuna' not in sys.modules, 'optuna imported at start-up'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -294,11 +294,13 @@ def test_count_equals_expansion(raw: dict) -> None:
 
 def test_counts_of_the_examples() -> None:
     expected = {"moons.yaml": 54, "regression.yaml": 120, "lecture.yaml": 72}
+    expected |= {"subgrids.yaml": 10, "search.yaml": 60}
     for name, n in expected.items():
         s = SweepSpec.model_validate(yaml.safe_load((ROOT / "examples" / name).read_text()))
         facts = dataset_facts(None, s.dataset)  # type: ignore[arg-type]
         assert validate_spec(s, facts, 10_000, 10_000, 10**8) == n, name
-        assert len(list(expand(s, facts))) == n, name
+        # A search sweep's configs are suggested as it runs: nothing to expand up front.
+        assert len(list(expand(s, facts))) == (0 if s.method != "grid" else n), name
 
 
 def test_expansion_order_is_deterministic_and_seeds_vary_fastest() -> None:
@@ -356,3 +358,97 @@ def test_pack_key_groups_trials_that_can_train_together() -> None:
     for r in rows:
         by_bs.setdefault(r.params["batch_size"], set()).add(r.pack_key)
     assert all(len(k) == 1 for k in by_bs.values()) and len(set().union(*by_bs.values())) == 2
+
+
+# --------------------------------------------------------------------------- sub-grids and search
+
+
+def test_sub_grids_expand_to_their_union_each_config_once() -> None:
+    s = spec(
+        parameters=[
+            {"optimizer": "sgd", "learning_rate": [0.1, 0.5], "hidden_units": [8, 16]},
+            {"optimizer": "adam", "learning_rate": [0.01, 0.1], "hidden_units": 8},
+            {"optimizer": "sgd", "learning_rate": 0.1, "hidden_units": [16, 32]},  # sgd 0.1 x 16 again
+        ],
+        seeds=[0, 1],
+    )
+    rows = list(expand(s, MOONS))
+    configs = [
+        (r.params["optimizer"], r.params["learning_rate"], r.params["hidden_units"])
+        for r in rows
+        if r.seed == 0
+    ]
+    assert configs == [
+        ("sgd", 0.1, 8), ("sgd", 0.5, 8), ("sgd", 0.1, 16), ("sgd", 0.5, 16),
+        ("adam", 0.01, 8), ("adam", 0.1, 8),
+        ("sgd", 0.1, 32),
+    ]  # fmt: skip
+    assert [r.config_index for r in rows] == [i for i in range(7) for _ in (0, 1)]
+    assert len({r.config_key for r in rows}) == 7
+    assert count_trials(s, MOONS) == validate_spec(s, MOONS, 10_000, 10_000, 10**8) == 14
+
+
+def test_sub_grids_that_meet_only_once_loss_is_resolved_are_counted_once() -> None:
+    s = spec(
+        parameters=[{"loss": "auto", "learning_rate": [0.1, 0.2]}, {"loss": "bce", "learning_rate": 0.1}]
+    )
+    assert validate_spec(s, MOONS, 10_000, 10_000, 10**8) == 2  # auto is bce on moons
+    assert count_trials(s) == 3  # without the dataset: an upper bound (the dry run says so)
+
+
+def test_a_sub_grids_errors_carry_its_index() -> None:
+    s = spec(parameters=[{"learning_rate": 0.1}, {"loss": "mse", "epochs": 10**6}])
+    errors = spec_errors(s, MOONS)
+    assert set(errors) == {"parameters[1].loss[0]", "parameters[1].epochs[0]"}
+    union = spec(parameters=[{"learning_rate": [0.1, 0.2], "layers": [1, 2]}, {"learning_rate": [0.3, 0.4]}])
+    assert "3 configs" not in spec_errors(union, MOONS, max_trials=5)["parameters"]
+    assert "the grid makes 6 trials" in spec_errors(union, MOONS, max_trials=5)["parameters"]
+
+
+RANGE = {"learning_rate": {"min": 0.001, "max": 0.1, "distribution": "log_uniform"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc", "reason"),
+    [
+        ({"parameters": RANGE}, "parameters.learning_rate", "needs method random, tpe or qmc"),
+        ({"method": "tpe", "parameters": RANGE}, "max_trials", "needs max_trials"),
+        (
+            {"method": "random", "max_trials": 4000, "seeds": [0, 1, 2], "parameters": RANGE},
+            "max_trials",
+            "12000",
+        ),
+        ({"max_trials": 10}, "max_trials", "method grid runs every config"),
+        ({"method": "tpe", "max_trials": 10}, "parameters", "every parameter is fixed"),
+        (
+            {"method": "tpe", "max_trials": 10, "parameters": {"learning_rate": [0.1, 0.2]}},
+            "max_trials",
+            "2 configs",
+        ),
+        ({"method": "qmc", "max_trials": 5, "parameters": [RANGE, {"layers": 2}]}, "parameters", "sub-grids"),
+        (
+            {"method": "tpe", "max_trials": 5, "parameters": {"hidden_units": {"min": 8, "max": 10**6}}},
+            "parameters.hidden_units.max",
+            "less than or equal to 65536",
+        ),
+    ],
+)
+def test_search_specs_are_checked_with_the_field_path(raw: dict, loc: str, reason: str) -> None:
+    try:
+        s = spec(**raw)
+    except ValidationError as exc:  # a bound of the axis: at parse time
+        errors = {format_loc(e["loc"]): e["msg"] for e in exc.errors()}
+    else:
+        errors = spec_errors(s, MOONS)
+    assert loc in errors and reason in errors[loc], errors
+
+
+def test_a_range_is_checked_at_its_ends() -> None:
+    wide = spec(
+        method="tpe", max_trials=5, parameters={"layers": {"min": 1, "max": 64}, "hidden_units": 65_536}
+    )
+    assert "parameters.hidden_units[0]" in spec_errors(wide, MOONS)  # the deepest, widest model is too big
+    ok = spec(
+        method="tpe", max_trials=5, parameters={"layers": {"min": 1, "max": 3}, "hidden_units": [[8, 8], 16]}
+    )
+    assert validate_spec(ok, MOONS, 10_000, 10_000, 10**8) == 5  # [8, 8] fits a depth in 1..3
