@@ -233,7 +233,8 @@ def checkable(grid: Any) -> Any:
 def check_search(spec: Any, n_grid_configs: int | None, max_trials: int) -> list[dict[str, Any]]:
     """What ``method``, ``max_trials`` and distributions need of each other (errors with paths).
 
-    ``n_grid_configs``: the configs of the space when every axis is a list (None: a range).
+    ``n_grid_configs``: the configs of the space when it is countable: lists and integer
+    ranges (None: a float range).
     """
     errors: list[dict[str, Any]] = []
     grids = spec.grids
@@ -286,10 +287,10 @@ def check_search(spec: Any, n_grid_configs: int | None, max_trials: int) -> list
             {
                 "loc": ("max_trials",),
                 "msg": f"max_trials {spec.max_trials} is more than the {n_grid_configs} configs of the "
-                "space (every axis is a list): use method grid, or a distribution",
+                "space: use method grid, or a wider range",
             }
         )
-    if n_grid_configs == 1 and not ranges:
+    if n_grid_configs == 1:
         errors.append({"loc": ("parameters",), "msg": "nothing to search: every parameter is fixed"})
     return errors
 

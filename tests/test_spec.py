@@ -427,6 +427,24 @@ RANGE = {"learning_rate": {"min": 0.001, "max": 0.1, "distribution": "log_unifor
         ),
         ({"method": "qmc", "max_trials": 5, "parameters": [RANGE, {"layers": 2}]}, "parameters", "sub-grids"),
         (
+            {
+                "method": "random",
+                "max_trials": 13,
+                "parameters": {"hidden_units": {"min": 1, "max": 6}, "activation": ["relu", "tanh"]},
+            },
+            "max_trials",
+            "more than the 12 configs",
+        ),
+        (
+            {
+                "method": "random",
+                "max_trials": 7,
+                "parameters": {"layers": {"min": 1, "max": 3}, "hidden_units": [[4, 4], 8]},
+            },
+            "max_trials",
+            "more than the 4 configs",
+        ),
+        (
             {"method": "tpe", "max_trials": 5, "parameters": {"hidden_units": {"min": 8, "max": 10**6}}},
             "parameters.hidden_units.max",
             "less than or equal to 65536",
@@ -449,6 +467,6 @@ def test_a_range_is_checked_at_its_ends() -> None:
     )
     assert "parameters.hidden_units[0]" in spec_errors(wide, MOONS)  # the deepest, widest model is too big
     ok = spec(
-        method="tpe", max_trials=5, parameters={"layers": {"min": 1, "max": 3}, "hidden_units": [[8, 8], 16]}
+        method="tpe", max_trials=4, parameters={"layers": {"min": 1, "max": 3}, "hidden_units": [[8, 8], 16]}
     )
-    assert validate_spec(ok, MOONS, 10_000, 10_000, 10**8) == 5  # [8, 8] fits a depth in 1..3
+    assert validate_spec(ok, MOONS, 10_000, 10_000, 10**8) == 4  # [8, 8] fits depth 2 of 1..3: 4 configs

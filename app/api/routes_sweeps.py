@@ -96,7 +96,7 @@ def list_sweeps(
     limit = min(limit, settings.max_page_size)
     rows, total = sweep_service.list_sweeps(session, limit, offset)
     counts = sweep_service.trial_counts(session, [s.id for s in rows])
-    items = [sweep_read(session, s, counts[s.id]) for s in rows]
+    items = [sweep_read(session, s, counts[s.id], with_pruning=False) for s in rows]
     return Page[SweepRead](items=items, total=total, limit=limit, offset=offset)
 
 

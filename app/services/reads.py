@@ -76,7 +76,10 @@ def best_read(session: Session, sweep: Sweep) -> BestRead | None:
     )
 
 
-def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = None) -> SweepRead:
+def sweep_read(
+    session: Session, sweep: Sweep, counts: dict[str, int] | None = None, with_pruning: bool = True
+) -> SweepRead:
+    """A sweep as the API shows it; ``with_pruning`` False (lists) leaves out the pruner's report."""
     counts = counts if counts is not None else trial_counts(session, [sweep.id])[sweep.id]
     done = sum(counts.get(s, 0) for s in DONE)
     return SweepRead(
@@ -91,7 +94,7 @@ def sweep_read(session: Session, sweep: Sweep, counts: dict[str, int] | None = N
         best=best_read(session, sweep),
         error=sweep.error,
         method=sweep.method,
-        pruning=pruning_report(session, sweep),
+        pruning=pruning_report(session, sweep) if with_pruning else None,
         spec=sweep.spec,
         created_at=sweep.created_at,
         started_at=sweep.started_at,
