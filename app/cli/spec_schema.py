@@ -57,9 +57,15 @@ def spec_json_schema() -> dict[str, Any]:
     params = schema["$defs"]["Parameters"]["properties"]
     for name, prop in list(params.items()):
         params[name] = _axis(name, prop)
-    grid = schema["properties"]["parameters"]
+    # One grid (an object: its keywords apply) or a list of sub-grids (an array: `items` applies),
+    # in one schema so that a bad grid's errors name their keys.
+    grid = schema["$defs"]["Parameters"]
     schema["properties"]["parameters"] = {
+        **{k: v for k, v in grid.items() if k not in ("type", "title", "description")},
         "description": "one grid, or a list of sub-grids (their union, each config once)",
-        "anyOf": [grid, {"type": "array", "items": grid, "minItems": 1}],
+        "type": ["object", "array"],
+        "items": {"$ref": "#/$defs/Parameters"},
+        "minItems": 1,
+        "default": schema["properties"]["parameters"].get("default"),
     }
     return {"$schema": DIALECT, **schema, "title": "gridsweep sweep spec"}
