@@ -230,6 +230,30 @@ def checkable(grid: Any) -> Any:
     return grid.model_copy(update=ends) if ends else grid
 
 
+def space_size(grid: Any) -> int | None:
+    """Configs of a space whose ranges are all integer ranges (None: a float range)."""
+    sizes: dict[str, int] = {}
+    for axis, v in grid:
+        if isinstance(v, Distribution):
+            if axis not in ("layers", "hidden_units"):
+                return None
+            sizes[axis] = int(v.max) - int(v.min) + 1
+        else:
+            sizes[axis] = len(v)
+    layers, widths = grid.layers, grid.hidden_units
+    if isinstance(widths, Distribution):  # a range of widths: every depth takes every width
+        arch = sizes["layers"] * sizes["hidden_units"]
+    else:
+        depths = range(int(layers.min), int(layers.max) + 1) if isinstance(layers, Distribution) else layers
+        # A per-layer width list fixes its depth.
+        arch = sum(1 for d in depths for w in widths if not isinstance(w, list) or len(w) == d)
+    rest = 1
+    for axis, n in sizes.items():
+        if axis not in ("layers", "hidden_units"):
+            rest *= n
+    return arch * rest
+
+
 def check_search(spec: Any, n_grid_configs: int | None, max_trials: int) -> list[dict[str, Any]]:
     """What ``method``, ``max_trials`` and distributions need of each other (errors with paths).
 

@@ -28,7 +28,6 @@ from pydantic import (
 )
 
 from app.search_spec import (
-    Distribution,
     Method,
     PrunerSpec,
     axis_or_range,
@@ -37,6 +36,7 @@ from app.search_spec import (
     dump_axis,
     dump_grids,
     one_or_more_grids,
+    space_size,
 )
 from gridsweep.vocab import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
 
@@ -247,31 +247,6 @@ def _grid_count(p: Parameters) -> int:
     return arch * rest
 
 
-def _space_size(p: Parameters) -> int | None:
-    """Configs of a space whose ranges are all integer ranges (None: a float range)."""
-    sizes: dict[str, int] = {}
-    for axis, v in p:
-        if isinstance(v, Distribution):
-            if axis not in ("layers", "hidden_units"):
-                return None
-            sizes[axis] = int(v.max) - int(v.min) + 1
-        else:
-            sizes[axis] = len(v)
-    if isinstance(p.hidden_units, Distribution):  # a range of widths: every depth takes every width
-        arch = sizes["layers"] * sizes["hidden_units"]
-    else:
-        depths = (
-            list(range(int(p.layers.min), int(p.layers.max) + 1))
-            if isinstance(p.layers, Distribution)
-            else p.layers
-        )
-        arch = sum(1 for layers in depths for w in p.hidden_units if _depth_ok(layers, w))
-    rest = 1
-    for axis in AXES[2:]:
-        rest *= sizes[axis]
-    return arch * rest
-
-
 # Sub-grids are counted by expanding them (their union drops shared configs); past this many
 # configs in one sub-grid the sum stands in (the spec is over any limit anyway).
 EXPAND_TO_COUNT = 1_000_000
@@ -376,7 +351,7 @@ def validate_spec(
             # A sub-grid's errors carry its index: parameters[1].loss[0].
             loc = e["loc"] if len(grids) == 1 else ("parameters", gi, *e["loc"][1:])
             errors.append({**e, "loc": loc})
-    errors.extend(check_search(spec, _space_size(grids[0]) if len(grids) == 1 else None, max_trials))
+    errors.extend(check_search(spec, space_size(grids[0]) if len(grids) == 1 else None, max_trials))
     # Sub-grids are counted after resolving their losses, which the errors above may forbid.
     n = count_trials(spec, None if errors else facts)
     if spec.method == "grid" and n > max_trials:
