@@ -1,4 +1,4 @@
-"""ORM models: sweep, trial, trial_epoch, worker.
+"""ORM models: sweep, trial, trial_epoch, trial_rung, worker.
 
 Conventions: singular snake_case tables, ``*_at`` datetimes (UTC), ``*_seconds``
 durations, one status enum per entity stored as a string.
@@ -75,6 +75,7 @@ class TrialStatus(StrEnum):
     failed = "failed"
     diverged = "diverged"
     canceled = "canceled"
+    pruned = "pruned"  # stopped at an epoch rung by the sweep's pruner: counted, never the best
 
 
 TERMINAL_TRIAL_STATUSES = (
@@ -82,6 +83,7 @@ TERMINAL_TRIAL_STATUSES = (
     TrialStatus.failed,
     TrialStatus.diverged,
     TrialStatus.canceled,
+    TrialStatus.pruned,
 )
 
 
@@ -108,6 +110,8 @@ class Sweep(Base):
     metric_name: Mapped[str] = mapped_column(String(32))
     metric_goal: Mapped[str] = mapped_column(String(8))
     n_trials: Mapped[int] = mapped_column(Integer)
+    # grid, or random / tpe / qmc: configs suggested as the sweep runs (app/services/search.py).
+    method: Mapped[str] = mapped_column(String(8), default="grid", server_default="grid")
     # The uploaded dataset it trains on (None for a built-in, or once the dataset was deleted).
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id", ondelete="SET NULL"), index=True)
     best_trial_id: Mapped[int | None] = mapped_column(Integer)
@@ -208,6 +212,32 @@ class TrialEpoch(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     trial: Mapped[Trial] = relationship(back_populates="epochs")
+
+
+class RungDecision(StrEnum):
+    go_on = "continue"  # good enough at this rung
+    prune = "prune"  # stopped here: the trial ends pruned
+    audit = "audit"  # would be pruned, kept training to the end (pruner.audit) to measure pruning
+
+
+class TrialRung(Base):
+    """A pruner's decision about a trial at an epoch rung, with what it was compared with."""
+
+    __tablename__ = "trial_rung"
+    # One decision per trial, attempt and rung: a retried epoch report reads it back.
+    __table_args__ = (UniqueConstraint("trial_id", "attempt", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweep.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)  # the trial's value that was judged
+    threshold: Mapped[float | None] = mapped_column(Float)  # the median / the promotion cut-off
+    n_compared: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class TokenScope(StrEnum):

@@ -35,6 +35,7 @@ class SweepCreated(BaseModel):
     id: int
     status: str
     n_trials: int
+    n_configs: int | None = None  # n_trials / seeds (sub-grids: their union; search: max_trials)
 
 
 class MetricRead(BaseModel):
@@ -94,6 +95,10 @@ class SweepRead(BaseModel):
     duration_seconds: float | None = Field(None, description="once finished: first trial started to the end")
     best: BestRead | None = None
     error: str | None = None
+    method: str = "grid"
+    pruning: dict[str, Any] | None = Field(
+        None, description="pruner: trials pruned, epochs saved, and the audit of would-be-pruned configs"
+    )
     spec: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -150,8 +155,38 @@ class EpochRead(BaseModel):
     val_accuracy: float | None
 
 
+class RungRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    decision: str
+    value: float | None
+    threshold: float | None
+    n_compared: int
+    reason: str
+
+
 class TrialDetail(TrialRead):
     epochs: list[EpochRead]
+    rungs: list[RungRead] = []
+
+
+class SweepExtended(BaseModel):
+    id: int
+    status: str
+    n_trials: int
+    added_trials: int
+    added_configs: int
+    reused_configs: int = Field(description="configs of the new spec already in the sweep, not run again")
+
+
+class ImportanceRead(BaseModel):
+    sweep_id: int
+    evaluator: str
+    metric: str
+    goal: str
+    n_configs: int
+    importances: dict[str, float] = Field(description="parameter -> importance (sums to 1), largest first")
 
 
 # --- the worker protocol ------------------------------------------------------------
@@ -201,6 +236,7 @@ class ClaimedTrial(BaseModel):
     dataset_id: int | None = None  # an uploaded dataset: GET /api/v1/datasets/{id}/data
     data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
     upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
+    rungs: list[int] = []  # epochs the sweep's pruner judges: wait for the API's answer there
 
 
 class ClaimResponse(BaseModel):
@@ -245,7 +281,7 @@ class EpochsRequest(BaseModel):
 
 
 class TrialOutcome(LeaseRef):
-    status: Literal["succeeded", "failed", "diverged", "canceled"]
+    status: Literal["succeeded", "failed", "diverged", "canceled", "pruned"]
     metrics: dict[str, FiniteFloat | None] = {}
     epochs_done: Annotated[int, NotBool] | None = Field(None, ge=0, le=DB_INT_MAX)
     # What the worker reports is cleaned, never refused: the outcome must be recorded.
@@ -264,9 +300,10 @@ class CompleteRequest(BaseModel):
 
 
 class LeaseStates(BaseModel):
-    """Per trial: ``ok`` carry on, ``cancel`` stop (sweep canceled), ``lost`` drop it."""
+    """Per trial: ``ok`` carry on, ``cancel`` stop (sweep canceled), ``lost`` drop it,
+    ``prune`` stop it and report it ``pruned`` (the sweep's pruner)."""
 
-    states: dict[int, Literal["ok", "cancel", "lost"]]
+    states: dict[int, Literal["ok", "cancel", "lost", "prune"]]
 
 
 class LeaderboardEntry(BaseModel):

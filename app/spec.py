@@ -2,7 +2,8 @@
 
 A parameter is a scalar (fixed), a list (a grid axis), or the W&B form
 ``{value: x}`` / ``{values: [...]}``. ``expand`` turns a validated spec into
-trial rows; ``count_trials`` knows the count without expanding.
+trial rows; ``count_trials`` knows the count without expanding. Sub-grids,
+distributions, search methods and pruners are in ``app/search_spec.py``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,30 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WrapSerializer,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
 from app.edge_types import NotBool, Text
+from app.search_spec import (
+    Method,
+    PrunerSpec,
+    axis_or_range,
+    check_search,
+    checkable,
+    dump_axis,
+    dump_grids,
+    one_or_more_grids,
+    space_size,
+)
 from gridsweep.vocab import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
 
 # Axis order is the expansion order; seeds vary fastest.
@@ -62,8 +84,8 @@ def _as_axis(value: Any) -> Any:
         if keys == {"value"}:
             return [value["value"]]
         raise ValueError(
-            "a parameter is a value, a list of values, {value: x} or {values: [...]}; "
-            f"got keys {sorted(keys)} (only grid search is supported: no distributions)"
+            "a parameter is a value, a list of values, {value: x}, {values: [...]} or a "
+            f"distribution {{min, max, distribution}}; got keys {sorted(keys)}"
         )
     if isinstance(value, list):
         return value
@@ -71,7 +93,14 @@ def _as_axis(value: Any) -> Any:
 
 
 def Axis(item: Any) -> Any:
-    return Annotated[list[item], BeforeValidator(_as_axis), Field(min_length=1)]
+    # The wrap (outermost) validator takes a distribution {min, max, distribution} aside.
+    return Annotated[
+        list[item],
+        BeforeValidator(_as_axis),
+        Field(min_length=1),
+        WrapValidator(axis_or_range),
+        PlainSerializer(dump_axis),
+    ]
 
 
 # Upper bounds on every integer, so that no value is too large to store, train or even count.
@@ -109,6 +138,8 @@ class Parameters(BaseModel):
     @classmethod
     def _distinct(cls, values: list[Any]) -> list[Any]:
         # A repeated value would train the same configs twice; the error's path is the axis.
+        if not isinstance(values, list):  # a distribution
+            return values
         seen: set[str] = set()
         for v in values:
             key = json.dumps(v)
@@ -164,18 +195,6 @@ def _metric_name(v: Any) -> Any:
     return {"name": v} if isinstance(v, str) else v
 
 
-# Search methods: the W&B spelling is accepted; only the grid is implemented.
-METHODS = ("grid",)
-
-
-def _grid_only(v: Any) -> Any:
-    if isinstance(v, str) and v not in METHODS:
-        raise ValueError(
-            f"method {v!r} is not supported: the only search method is grid (every combination of the values)"
-        )
-    return v
-
-
 class SweepSpec(BaseModel):
     """A grid search: what to train on, the grid, the seeds and the split."""
 
@@ -186,9 +205,11 @@ class SweepSpec(BaseModel):
     name: Text | None = Field(None, min_length=1, max_length=200)
     # A built-in name, or an uploaded dataset's name or id (an integer is taken as the id).
     dataset: Annotated[Text, BeforeValidator(_id_as_str), Field(min_length=1, max_length=200)]
-    method: Annotated[Literal[METHODS], BeforeValidator(_grid_only)] = "grid"  # type: ignore[valid-type]
     metric: Annotated[MetricSpec, BeforeValidator(_metric_name)] = MetricSpec()
-    parameters: Parameters = Parameters()
+    # One grid, or a list of grids (sub-grids: their union, each config once): see ``grids``.
+    parameters: Annotated[Parameters, WrapValidator(one_or_more_grids), WrapSerializer(dump_grids)] = (
+        Parameters()
+    )
     seeds: Annotated[
         list[Annotated[int, Field(ge=0, le=MAX_SEED), NotBool]],
         BeforeValidator(_as_list),
@@ -196,6 +217,17 @@ class SweepSpec(BaseModel):
     ] = [0]
     split: SplitSpec = SplitSpec()
     refit: bool = False
+    # grid: every config; random / tpe / qmc: max_trials configs suggested by Optuna's samplers.
+    method: Method = "grid"
+    max_trials: int | None = Field(None, ge=1)
+    sampler_seed: int = Field(0, ge=0, le=2**31 - 1)
+    pruner: PrunerSpec | None = None
+
+    @property
+    def grids(self) -> list[Parameters]:
+        """The grids of ``parameters``: one, or the sub-grids."""
+        p: Any = self.parameters
+        return list(p) if isinstance(p, list) else [p]
 
     @field_validator("seeds")
     @classmethod
@@ -232,14 +264,33 @@ def _depth_ok(layers: int, width: int | list[int]) -> bool:
     return not isinstance(width, list) or len(width) == layers
 
 
-def count_trials(spec: SweepSpec) -> int:
-    """How many trials ``expand`` makes, without expanding (grids can be huge)."""
-    p = spec.parameters
+def _grid_count(p: Parameters) -> int:
+    """Configs of one grid (every axis a list)."""
     arch = sum(1 for layers in p.layers for w in p.hidden_units if _depth_ok(layers, w))
     rest = 1
     for axis in AXES[2:]:
         rest *= len(getattr(p, axis))
-    return arch * rest * len(spec.seeds)
+    return arch * rest
+
+
+# Sub-grids are counted by expanding them (their union drops shared configs); past this many
+# configs in one sub-grid the sum stands in (the spec is over any limit anyway).
+EXPAND_TO_COUNT = 1_000_000
+
+
+def count_trials(spec: SweepSpec, facts: DataFacts | None = None) -> int:
+    """How many trials ``expand`` makes, without expanding one grid (grids can be huge).
+
+    Sub-grids: their union, each config once (with ``facts``, ``loss: auto`` is resolved
+    first, as in ``expand``). Methods random / tpe / qmc: ``max_trials`` configs.
+    """
+    if spec.method != "grid":
+        return (spec.max_trials or 0) * len(spec.seeds)
+    grids = spec.grids
+    sizes = [_grid_count(checkable(g)) for g in grids]
+    if len(grids) == 1 or max(sizes) > EXPAND_TO_COUNT:
+        return sum(sizes) * len(spec.seeds)
+    return sum(1 for _ in _configs(spec, facts)) * len(spec.seeds)
 
 
 def model_parameters(n_features: int, widths: list[int], n_outputs: int) -> int:
@@ -267,20 +318,12 @@ def _too_large(spec: SweepSpec, facts: DataFacts, max_parameters: int) -> Iterat
             break
 
 
-def validate_spec(
-    spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int, max_parameters: int
-) -> int:
-    """Check what depends on the dataset and the limits; return the trial count."""
+def _grid_errors(
+    spec: SweepSpec, facts: DataFacts, max_epochs: int, max_parameters: int
+) -> list[dict[str, Any]]:
+    """The checks of one grid (``spec.parameters`` is a single grid, ranges as their two ends)."""
     errors: list[dict[str, Any]] = []
     p = spec.parameters
-    if facts.task == "regression" and spec.metric.name in CLASSIFICATION_METRICS:
-        errors.append(
-            {
-                "loc": ("metric", "name"),
-                "msg": f"{spec.metric.name} needs a classification dataset; "
-                f"{spec.dataset!r} is a regression dataset (use val_loss)",
-            }
-        )
     resolved: dict[str, int] = {}
     for i, loss in enumerate(p.loss):
         try:
@@ -311,8 +354,33 @@ def validate_spec(
                 {"loc": ("parameters", "epochs", i), "msg": f"{e} epochs is over the limit of {max_epochs}"}
             )
     errors.extend(_too_large(spec, facts, max_parameters))
-    n = count_trials(spec)
-    if n > max_trials:
+    return errors
+
+
+def validate_spec(
+    spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int, max_parameters: int
+) -> int:
+    """Check what depends on the dataset and the limits; return the trial count."""
+    errors: list[dict[str, Any]] = []
+    if facts.task == "regression" and spec.metric.name in CLASSIFICATION_METRICS:
+        errors.append(
+            {
+                "loc": ("metric", "name"),
+                "msg": f"{spec.metric.name} needs a classification dataset; "
+                f"{spec.dataset!r} is a regression dataset (use val_loss)",
+            }
+        )
+    grids = spec.grids
+    for gi, grid in enumerate(grids):
+        one = spec.model_copy(update={"parameters": checkable(grid)})
+        for e in _grid_errors(one, facts, max_epochs, max_parameters):
+            # A sub-grid's errors carry its index: parameters[1].loss[0].
+            loc = e["loc"] if len(grids) == 1 else ("parameters", gi, *e["loc"][1:])
+            errors.append({**e, "loc": loc})
+    errors.extend(check_search(spec, space_size(grids[0]) if len(grids) == 1 else None, max_trials))
+    # Sub-grids are counted after resolving their losses, which the errors above may forbid.
+    n = count_trials(spec, None if errors else facts)
+    if spec.method == "grid" and n > max_trials:
         errors.append(
             {
                 "loc": ("parameters",),
@@ -325,28 +393,60 @@ def validate_spec(
     return n
 
 
+def resolve_params(params: dict[str, Any], facts: DataFacts) -> dict[str, Any]:
+    """A config as it is trained and stored: ``loss`` resolved for the task."""
+    return {**params, "loss": resolve_loss(params["loss"], facts.task, facts.n_classes)}
+
+
+def trial_keys(spec: SweepSpec, params: dict[str, Any]) -> tuple[str, str]:
+    """(config_key, pack_key) of a resolved config: the canonical config hash, and what a pack shares."""
+    config_key = _digest(params)
+    # Trials that may be trained side by side: same data, batches, epochs, optimizer, loss.
+    pack_key = _digest(
+        [
+            spec.dataset,
+            spec.split.model_dump(),
+            params["batch_size"],
+            params["epochs"],
+            params["optimizer"],
+            params["loss"],
+        ]
+    )
+    return config_key, pack_key
+
+
+def config_rows(spec: SweepSpec, params: dict[str, Any], index: int) -> list[TrialRow]:
+    """The trial rows (one per seed) of one resolved config."""
+    config_key, pack_key = trial_keys(spec, params)
+    return [TrialRow(index, config_key, pack_key, seed, params) for seed in spec.seeds]
+
+
+def _configs(spec: SweepSpec, facts: DataFacts | None) -> Iterator[dict[str, Any]]:
+    """Every config of the grid (or the union of the sub-grids, each config once), in order."""
+    seen: set[str] = set()
+    for grid in spec.grids:
+        axes = [getattr(grid, a) for a in AXES]
+        for combo in itertools.product(*axes):
+            params = dict(zip(AXES, combo, strict=True))
+            if not _depth_ok(params["layers"], params["hidden_units"]):
+                continue
+            if facts is not None:
+                params = resolve_params(params, facts)
+            key = _digest(params)
+            if len(spec.grids) > 1:  # the same config from two sub-grids is trained once
+                if key in seen:
+                    continue
+                seen.add(key)
+            yield params
+
+
 def expand(spec: SweepSpec, facts: DataFacts) -> Iterator[TrialRow]:
-    """Every (config, seed) of the grid in a fixed order; ``loss`` resolved for the task."""
-    p = spec.parameters
-    axes = [getattr(p, a) for a in AXES]
-    index = 0
-    for combo in itertools.product(*axes):
-        params = dict(zip(AXES, combo, strict=True))
-        if not _depth_ok(params["layers"], params["hidden_units"]):
-            continue
-        params["loss"] = resolve_loss(params["loss"], facts.task, facts.n_classes)
-        config_key = _digest(params)
-        # Trials that may be trained side by side: same data, batches, epochs, optimizer, loss.
-        pack_key = _digest(
-            [
-                spec.dataset,
-                spec.split.model_dump(),
-                params["batch_size"],
-                params["epochs"],
-                params["optimizer"],
-                params["loss"],
-            ]
-        )
-        for seed in spec.seeds:
-            yield TrialRow(index, config_key, pack_key, seed, params)
-        index += 1
+    """Every (config, seed) of the grid in a fixed order; ``loss`` resolved for the task.
+
+    Methods random / tpe / qmc expand to nothing here: their configs are suggested as the
+    sweep runs (``app/services/search.py``).
+    """
+    if spec.method != "grid":
+        return
+    for index, params in enumerate(_configs(spec, facts)):
+        yield from config_rows(spec, params, index)

@@ -29,6 +29,7 @@ class Claim:
     dataset_id: int | None = None  # an uploaded dataset: GET /api/v1/datasets/{id}/data
     data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
     upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
+    rungs: tuple[int, ...] | list[int] = ()  # epochs the sweep's pruner judges: wait for its answer
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Claim:

@@ -44,13 +44,13 @@ BAD_SPECS: list[tuple[Any, list[Any], str]] = [
     (grid(batch_size="x"), [*P, "batch_size"], "must be a whole number, got 'x'"),
     (grid(learning_rate=float("nan")), [*P, "learning_rate"], "finite"),
     (grid(hidden_units=[]), [*P, "hidden_units"], "must not be empty"),
-    (spec(method="random"), ["body", "method"], "the only search method is grid"),
     (spec(seeds=[1, 1]), ["body", "seeds"], "distinct"),
     (spec(split={"validation": 0.6, "test": 0.4}), ["body", "split"], "leaves no training data"),
     # moons has 1,000 rows: no training row, then one (so one class) are caught before any worker.
     (spec(split={"validation": 0.5, "test": 0.4996}), ["body", "split"], "leaves train 0, validation 500"),
     (spec(split={"validation": 0.5, "test": 0.499}), ["body", "split"], "only 1 class(es)"),
-    (grid(learning_rate={"min": 0.1, "max": 1}), [*P, "learning_rate"], "no distributions"),
+    (grid(learning_rate={"min": 0.1, "max": 1}), [*P, "learning_rate"], "needs method random, tpe or qmc"),
+    (grid(learning_rate={"min": 1, "max": 0.1}), [*P, "learning_rate", "max"], "max must be above min"),
     ({"name": "x"}, ["body", "dataset"], "is required"),
     ([SPEC], ["body"], "must be a mapping with keys name, dataset"),
     (b'{"name": "x", "dataset": ', ["body"], "JSON"),
@@ -91,7 +91,8 @@ def test_submit_201_and_every_bad_spec_a_422_with_field_path_and_reason(server: 
     r = post_spec(server.http, grid(layers=[1, 2], learning_rate=[0.1, 0.01]) | {"seeds": [0, 1]})
     assert r.status_code == 201, r.text
     body = r.json()
-    assert set(body) == {"id", "status", "n_trials"} and body["status"] == "queued" and body["n_trials"] == 8
+    assert set(body) == {"id", "status", "n_trials", "n_configs"} and body["status"] == "queued"
+    assert body["n_trials"] == 8 and body["n_configs"] == 4
     assert server.http.get(f"/api/v1/sweeps/{body['id']}").json()["n_trials"] == 8
     assert server.http.get("/healthz").json() == {"status": "ok"}
 

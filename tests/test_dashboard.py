@@ -28,7 +28,7 @@ from tests.dashboard_seed import CHROMIUM, CHROMIUM_ARGS, Seeded, seed_store
 pytestmark = pytest.mark.slow
 
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHARTS = ("curves", "heatmap", "parallel", "history")
+CHARTS = ("curves", "heatmap", "parallel", "importance", "history")
 TIMEOUT_MS = 15_000
 CSP = "default-src 'self'"
 
@@ -211,10 +211,12 @@ def test_finished_sweep_page_best_card_counts_spec_and_plots(site: Site, browse:
     history = site.api(f"/api/v1/sweeps/{sid}/history")
     heat = site.api(f"/api/v1/sweeps/{sid}/heatmap", x="learning_rate", y="hidden_units")
     configs = site.api(f"/api/v1/sweeps/{sid}/configs")
+    importance = site.api(f"/api/v1/sweeps/{sid}/importance")
     expected = {
         "curves": sum(v is not None for t in curves["trials"] for v in t["val_loss"]),
         "heatmap": sum(c["value"] is not None for c in heat["cells"]),
         "parallel": len(configs["value"]),
+        "importance": len(importance["importances"]),
         "history": len(history["trial_ids"]),
     }
     assert all(n > 0 for n in expected.values()), expected
@@ -222,6 +224,8 @@ def test_finished_sweep_page_best_card_counts_spec_and_plots(site: Site, browse:
         assert int(page.get_attribute(f"#chart-{name}", "data-points")) == n, name
         assert page.locator(f"#chart-{name} svg path").count() > 0, name
     assert int(page.get_attribute("#chart-curves", "data-series")) == len(curves["trials"])
+    # The importance bars, largest first, are the API's.
+    assert page.get_attribute("#chart-importance", "data-params") == ",".join(importance["importances"])
     # The best config's curves are drawn in the highlight colour, thicker than the others.
     assert page.locator("#chart-curves svg path[stroke='#e8590c'][stroke-width='3']").count() == len(
         curves["best_trial_ids"]
@@ -376,7 +380,7 @@ def test_sweep_without_results_or_grid_axes_says_so(site: Site, browse: Browse) 
     page = browse.page
     assert "No trial has finished yet." in page.inner_text("[data-testid=best-empty]")
     assert "needs a grid over two parameters" in page.inner_text("#plots")
-    for name in ("curves", "parallel", "history"):
+    for name in ("curves", "parallel", "importance", "history"):
         page.wait_for_selector(f"#chart-{name}[data-state=empty]")
     assert page.get_attribute("#trials", "data-total") == "1"
     assert page.locator("[data-testid=cancel]").count() == 1

@@ -156,6 +156,7 @@ def test_overview_queries(database: Database, seeded: Seeded) -> None:
             "failed": 1,
             "diverged": 1,
             "canceled": 0,
+            "pruned": 0,
         }
         pulse = overview.sweep_pulse(s, running.sweep)
         assert pulse.counts == running.counts and pulse.done == 6

@@ -201,9 +201,7 @@ def test_nameless_scalar_seeds_method_grid_and_plain_422s(server: Server) -> Non
     bad = {"dataset": "moon", "method": "bayes", "parameters": {"hiden_units": 8, "batch_size": 0}}
     detail = http.post("/api/v1/sweeps", json=bad).json()["detail"]
     msgs = {".".join(map(str, e["loc"])): e["msg"] for e in detail}
-    assert msgs["body.method"] == (
-        "method 'bayes' is not supported: the only search method is grid (every combination of the values)"
-    )
+    assert msgs["body.method"] == "'bayes' is not one of grid, random, tpe, qmc"
     assert msgs["body.parameters.hiden_units"].startswith(
         "unknown key 'hiden_units': did you mean hidden_units? (allowed keys: layers, hidden_units,"
     )

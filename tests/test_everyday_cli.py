@@ -158,15 +158,14 @@ def test_spec_errors_in_plain_words_and_as_json(tmp_path: Path) -> None:
     assert r.exit_code == 2 and f"{tmp_path / 'spec.yaml'}, line 4, column 1:" in r.stderr
     assert "<unicode string>" not in r.stderr
 
-    r = submit("dataset: moons\nmethod: random\n", "--json")
+    r = submit("dataset: moons\nmethod: bayes\n", "--json")
     assert r.exit_code == 2
     obj = json.loads(r.stdout)
     assert obj["exit_code"] == 2 and obj["errors"] == [
         {
             "loc": ["method"],
-            "msg": "method 'random' is not supported: the only search method is grid "
-            "(every combination of the values)",
-            "type": "value_error",
+            "msg": "'bayes' is not one of grid, random, tpe, qmc",
+            "type": "literal_error",
         }
     ]
     # Accepted: scalar seeds, W&B's method: grid, no name (the file's stem).

@@ -182,7 +182,7 @@ def test_schema_accepts_the_examples_and_rejects_a_bad_spec() -> None:
     assert errors(v, wandb) == []
     # Scalars where lists go, a metric by name, W&B's method: grid, no name.
     assert errors(v, {"dataset": "moons", "seeds": 0, "metric": "val_error", "method": "grid"}) == []
-    assert len(errors(v, {"dataset": "moons", "method": "random", "seeds": -1})) == 2
+    assert len(errors(v, {"dataset": "moons", "method": "bayes", "seeds": -1})) == 2
     bad = {"name": "b", "dataset": "moons", "parameters": {"activation": ["swish"], "lr": 0.1}}
     assert len(errors(v, bad)) == 2
 

@@ -74,24 +74,39 @@ PARSE_REJECTIONS = [
     ({"parameters": {"hidden_units": [[]]}}, "parameters.hidden_units[0]", "must not be empty"),
     ({"seeds": []}, "seeds", "must not be empty"),
     ({"seeds": [0, 1, 0]}, "seeds", "distinct"),
-    ({"method": "random"}, "method", "the only search method is grid"),
     ({"refit": "maybe"}, "refit", "must be true or false"),
     ({"split": {"validation": 0.5, "test": 0.5}}, "split", "leaves no training data"),
     ({"split": {"validation": 0.7, "test": 0.4}}, "split", "leaves no training data"),
     ({"split": {"seed": 2**62}}, "split.seed", "must be at most 2147483647"),
     (
-        {"parameters": {"learning_rate": {"min": 0.001, "max": 0.1}}},
-        "parameters.learning_rate",
-        "no distributions",
+        {"parameters": {"learning_rate": {"min": 0.1, "max": 0.001}}},
+        "parameters.learning_rate.max",
+        "max must be above min",
+    ),
+    (
+        {"parameters": {"dropout": {"distribution": "log_uniform", "min": 0, "max": 0.5}}},
+        "parameters.dropout.min",
+        "log_uniform needs min > 0",
     ),
     (
         {"parameters": {"dropout": {"distribution": "uniform", "values": [0.1]}}},
-        "parameters.dropout",
-        "no distributions",
+        "parameters.dropout.values",
+        "unknown key 'values'",
     ),
     ({"parameters": {"epochs": 0}}, "parameters.epochs", "greater than 0"),
     ({"parameters": {"dropout": 1.0}}, "parameters.dropout", "less than 1"),
     ({"parameters": {"layers": 65}}, "parameters.layers", "must be at most 64"),
+    ({"parameters": {"activation": {"min": 1, "max": 2}}}, "parameters.activation", "not a distribution"),
+    ({"parameters": {"layers": {"min": 1, "max": 3.5}}}, "parameters.layers.max", "whole number, got 3.5"),
+    ({"parameters": {"dropout": {"min": 0, "max": 1}}}, "parameters.dropout.max", "less than 1"),
+    ({"parameters": {"batch_size": {"min": 8, "max": 64}}}, "parameters.batch_size", "not a distribution"),
+    ({"parameters": {"epochs": {"value": 3, "min": 1}}}, "parameters.epochs", "not a distribution"),
+    ({"parameters": [{"layers": [1]}, {"depth": 2}]}, "parameters[1].depth", "unknown key 'depth'"),
+    ({"parameters": []}, "parameters", "at least one grid"),
+    ({"method": "bayes"}, "method", "'bayes' is not one of grid, random, tpe, qmc"),
+    ({"pruner": {"type": "median", "reduction_factor": 2}}, "pruner.reduction_factor", "asha pruner"),
+    ({"pruner": {"type": "asha", "audit": 1.5}}, "pruner.audit", "must be at most 1, got 1.5"),
+    ({"max_trials": 0}, "max_trials", "must be at least 1, got 0"),
 ]
 
 
@@ -305,11 +320,13 @@ def test_count_equals_expansion(raw: dict) -> None:
 
 def test_counts_of_the_examples() -> None:
     expected = {"moons.yaml": 54, "regression.yaml": 120, "lecture.yaml": 72}
+    expected |= {"subgrids.yaml": 10, "search.yaml": 60}
     for name, n in expected.items():
         s = SweepSpec.model_validate(yaml.safe_load((ROOT / "examples" / name).read_text()))
         facts = dataset_facts(None, s.dataset)  # type: ignore[arg-type]
         assert validate_spec(s, facts, 10_000, 10_000, 10**8) == n, name
-        assert len(list(expand(s, facts))) == n, name
+        # A search sweep's configs are suggested as it runs: nothing to expand up front.
+        assert len(list(expand(s, facts))) == (0 if s.method != "grid" else n), name
 
 
 def test_expansion_order_is_deterministic_and_seeds_vary_fastest() -> None:
@@ -402,3 +419,115 @@ def test_spec_files_name_file_line_and_column_and_refuse_duplicated_keys(tmp_pat
     # A YAML merge key may override what it merges: that is no duplicate.
     merged = load("base: &b {epochs: 2, layers: 1}\ndataset: moons\nparameters:\n  <<: *b\n  epochs: 3\n")
     assert merged["parameters"] == {"epochs": 3, "layers": 1}
+
+
+# --------------------------------------------------------------------------- sub-grids and search
+
+
+def test_sub_grids_expand_to_their_union_each_config_once() -> None:
+    s = spec(
+        parameters=[
+            {"optimizer": "sgd", "learning_rate": [0.1, 0.5], "hidden_units": [8, 16]},
+            {"optimizer": "adam", "learning_rate": [0.01, 0.1], "hidden_units": 8},
+            {"optimizer": "sgd", "learning_rate": 0.1, "hidden_units": [16, 32]},  # sgd 0.1 x 16 again
+        ],
+        seeds=[0, 1],
+    )
+    rows = list(expand(s, MOONS))
+    configs = [
+        (r.params["optimizer"], r.params["learning_rate"], r.params["hidden_units"])
+        for r in rows
+        if r.seed == 0
+    ]
+    assert configs == [
+        ("sgd", 0.1, 8), ("sgd", 0.5, 8), ("sgd", 0.1, 16), ("sgd", 0.5, 16),
+        ("adam", 0.01, 8), ("adam", 0.1, 8),
+        ("sgd", 0.1, 32),
+    ]  # fmt: skip
+    assert [r.config_index for r in rows] == [i for i in range(7) for _ in (0, 1)]
+    assert len({r.config_key for r in rows}) == 7
+    assert count_trials(s, MOONS) == validate_spec(s, MOONS, 10_000, 10_000, 10**8) == 14
+
+
+def test_sub_grids_that_meet_only_once_loss_is_resolved_are_counted_once() -> None:
+    s = spec(
+        parameters=[{"loss": "auto", "learning_rate": [0.1, 0.2]}, {"loss": "bce", "learning_rate": 0.1}]
+    )
+    assert validate_spec(s, MOONS, 10_000, 10_000, 10**8) == 2  # auto is bce on moons
+    assert count_trials(s) == 3  # without the dataset: an upper bound (the dry run says so)
+
+
+def test_a_sub_grids_errors_carry_its_index() -> None:
+    s = spec(parameters=[{"learning_rate": 0.1}, {"loss": "mse", "epochs": 10**6}])
+    errors = spec_errors(s, MOONS)
+    assert set(errors) == {"parameters[1].loss[0]", "parameters[1].epochs[0]"}
+    union = spec(parameters=[{"learning_rate": [0.1, 0.2], "layers": [1, 2]}, {"learning_rate": [0.3, 0.4]}])
+    assert "3 configs" not in spec_errors(union, MOONS, max_trials=5)["parameters"]
+    assert "the grid makes 6 trials" in spec_errors(union, MOONS, max_trials=5)["parameters"]
+
+
+RANGE = {"learning_rate": {"min": 0.001, "max": 0.1, "distribution": "log_uniform"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc", "reason"),
+    [
+        ({"parameters": RANGE}, "parameters.learning_rate", "needs method random, tpe or qmc"),
+        ({"method": "tpe", "parameters": RANGE}, "max_trials", "needs max_trials"),
+        (
+            {"method": "random", "max_trials": 4000, "seeds": [0, 1, 2], "parameters": RANGE},
+            "max_trials",
+            "12000",
+        ),
+        ({"max_trials": 10}, "max_trials", "method grid runs every config"),
+        ({"method": "tpe", "max_trials": 10}, "parameters", "every parameter is fixed"),
+        (
+            {"method": "tpe", "max_trials": 10, "parameters": {"learning_rate": [0.1, 0.2]}},
+            "max_trials",
+            "2 configs",
+        ),
+        ({"method": "qmc", "max_trials": 5, "parameters": [RANGE, {"layers": 2}]}, "parameters", "sub-grids"),
+        (
+            {
+                "method": "random",
+                "max_trials": 13,
+                "parameters": {"hidden_units": {"min": 1, "max": 6}, "activation": ["relu", "tanh"]},
+            },
+            "max_trials",
+            "more than the 12 configs",
+        ),
+        (
+            {
+                "method": "random",
+                "max_trials": 7,
+                "parameters": {"layers": {"min": 1, "max": 3}, "hidden_units": [[4, 4], 8]},
+            },
+            "max_trials",
+            "more than the 4 configs",
+        ),
+        (
+            {"method": "tpe", "max_trials": 5, "parameters": {"hidden_units": {"min": 8, "max": 10**6}}},
+            "parameters.hidden_units.max",
+            "less than or equal to 65536",
+        ),
+    ],
+)
+def test_search_specs_are_checked_with_the_field_path(raw: dict, loc: str, reason: str) -> None:
+    try:
+        s = spec(**raw)
+    except ValidationError as exc:  # a bound of the axis: at parse time
+        errors = {format_loc(e["loc"]): e["msg"] for e in exc.errors()}
+    else:
+        errors = spec_errors(s, MOONS)
+    assert loc in errors and reason in errors[loc], errors
+
+
+def test_a_range_is_checked_at_its_ends() -> None:
+    wide = spec(
+        method="tpe", max_trials=5, parameters={"layers": {"min": 1, "max": 64}, "hidden_units": 65_536}
+    )
+    assert "parameters.hidden_units[0]" in spec_errors(wide, MOONS)  # the deepest, widest model is too big
+    ok = spec(
+        method="tpe", max_trials=4, parameters={"layers": {"min": 1, "max": 3}, "hidden_units": [[8, 8], 16]}
+    )
+    assert validate_spec(ok, MOONS, 10_000, 10_000, 10**8) == 4  # [8, 8] fits depth 2 of 1..3: 4 configs

@@ -1,5 +1,5 @@
 """The trials a worker holds and what both training paths share about them: the leases
-(kept alive by the heartbeat), the API's verdicts (``lost``, ``cancel``), the exceptions
+(kept alive by the heartbeat), the API's verdicts (``lost``, ``cancel``, ``prune``), the exceptions
 that end a trial early, the narrow handle the fused path gets, and the one place that
 builds a trial's reproducibility record and its outcome.
 """
@@ -36,6 +36,7 @@ class Held:
     leases: dict[int, str] = field(default_factory=dict)
     lost: set[int] = field(default_factory=set)
     cancel: set[int] = field(default_factory=set)
+    prune: set[int] = field(default_factory=set)  # the sweep's pruner stopped them: report them pruned
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self, claims: list[Claim]) -> None:
@@ -55,6 +56,8 @@ class Held:
                     self.lost.add(tid)
                 elif st == "cancel":
                     self.cancel.add(tid)
+                elif st == "prune":
+                    self.prune.add(tid)
 
     def forget(self, trial_id: int) -> None:
         """The trial left our hands (reported, released or lost): no more heartbeats for it."""
@@ -62,13 +65,25 @@ class Held:
             self.leases.pop(trial_id, None)
             self.lost.discard(trial_id)
             self.cancel.discard(trial_id)
+            self.prune.discard(trial_id)
 
     def verdict(self, trial_id: int) -> str | None:
-        """``drop`` (the lease is lost), ``cancel`` (the sweep was canceled) or None."""
+        """``drop`` (the lease is lost), ``cancel`` (the sweep was canceled or the trial pruned:
+        the engine ends it and keeps its epochs) or None."""
         with self.lock:
             if trial_id in self.lost:
                 return "drop"
-            return "cancel" if trial_id in self.cancel else None
+            return "cancel" if trial_id in self.cancel or trial_id in self.prune else None
+
+    def stop(self, trial_id: int) -> bool:
+        """The one-by-one path: stop the trial at this epoch (canceled or pruned)."""
+        with self.lock:
+            return trial_id in self.cancel or trial_id in self.prune
+
+    def ended_as(self, trial_id: int, status: str) -> str:
+        """The status to report for a trial that trained: a stopped trial the pruner stopped is pruned."""
+        with self.lock:
+            return "pruned" if status == "canceled" and trial_id in self.prune else status
 
 
 @dataclass

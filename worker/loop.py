@@ -2,7 +2,8 @@
 
 The worker speaks HTTP to the API only. A heartbeat thread keeps the leases of
 the trials in hand alive; every report is fenced by the lease token, and the
-answer may say ``cancel`` (stop the trial) or ``lost`` (drop it, write nothing).
+answer may say ``cancel`` (stop the trial), ``prune`` (stop it: it ends ``pruned``) or
+``lost`` (drop it, write nothing).
 SIGTERM / SIGINT: training stops within one step, the trials go back to the queue at once.
 ``idle_exit_seconds``: once no trial has been claimable for that long, the loop ends (nothing
 is held then): a batch job or a scaled-out pod ends when the queue stays empty.
@@ -266,7 +267,7 @@ class Worker:
             self._flush(retry_for=self.heartbeat_seconds)
             if tid in self.held.lost:
                 raise TrialLost
-            return tid in self.held.cancel
+            return self.held.stop(tid)  # canceled, or pruned at this rung
 
         def should_stop() -> bool:  # asked every step: stop at once when stopping or the lease is gone
             return self.stopping.is_set() or tid in self.held.lost
@@ -297,6 +298,7 @@ class Worker:
                         raise TrialLost from exc
                     raise
             report = outcome(c, repro, result)
+            report["status"] = self.held.ended_as(tid, report["status"])
         except TrialLost:
             log.warning("trial %s: lease lost, dropping it", tid)
             self._drop(tid)

@@ -2,9 +2,12 @@
 
 One ``POST .../epochs`` per pack and epoch carries every trial's metrics; one
 ``POST .../complete`` carries the trials that leave the pack together (diverged,
-canceled, or done). A reporter thread sends them in order while training goes on:
-the answers' ``lost``/``cancel`` states are applied per trial as they arrive, and
-act at the next epoch end. The heartbeat thread keeps every held lease alive.
+canceled, pruned or done). A reporter thread sends them in order while training goes on:
+the answers' ``lost``/``cancel``/``prune`` states are applied per trial as they arrive, and
+act at the next epoch end. At the epochs the sweep's pruner judges (the claim's ``rungs``)
+the pack waits for the answer, so a pruned trial leaves the pack at once; it ends as the
+engine's ``canceled`` (its epochs kept) and is reported ``pruned``. The heartbeat thread
+keeps every held lease alive.
 """
 
 from __future__ import annotations
@@ -60,11 +63,27 @@ class Reporter:
         self.items: queue.Queue[tuple[str, list[dict[str, Any]]] | None] = queue.Queue()
         self.accepted = 0
         self.error: BaseException | None = None
+        self._answered: dict[int, threading.Event] = {}
         self.thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         self.thread.start()
 
-    def epochs(self, reports: list[dict[str, Any]]) -> None:
+    def epochs(self, reports: list[dict[str, Any]]) -> threading.Event:
+        """Queue an epoch report; the event is set once its answer is applied (or it failed)."""
+        answered = threading.Event()
+        if not reports:
+            answered.set()
+            return answered
+        self._answered[id(reports)] = answered
         self._put("epochs", reports)
+        return answered
+
+    def wait(self, answered: threading.Event) -> None:
+        """Wait for an answer (a rung), unless the worker stops; an unreachable API raises."""
+        while not answered.wait(0.05):
+            if self.h.stopping.is_set() or self.error is not None or not self.thread.is_alive():
+                break
+        if self.error is not None:
+            raise self.error
 
     def release_oom(self, refs: list[dict[str, Any]], error: str) -> None:
         """Hand trials that do not fit this device back to be retried (the attempt counts)."""
@@ -97,7 +116,12 @@ class Reporter:
             kind, payload = item
             try:
                 if kind == "epochs":
-                    h.held.apply(h.client.report_epochs(h.worker_id, payload))
+                    try:
+                        h.held.apply(h.client.report_epochs(h.worker_id, payload))
+                    finally:
+                        answered = self._answered.pop(id(payload), None)
+                        if answered is not None:
+                            answered.set()
                     continue
                 if kind == "release_oom":
                     for r in payload:  # one call each: every trial keeps its own error
@@ -144,9 +168,12 @@ def _run_group(h: PackHandle, claimed: list[Claim], reporter: Reporter) -> None:
             bad.append(failed(c, repro, exc))
     reporter.complete(bad)
     finished: set[int] = set()
+    rungs = {e for c in trials for e in c.rungs}
 
     def on_epoch(epoch: int, metrics: dict[int, EpochMetrics]) -> dict[int, str]:
-        reporter.epochs([{**trials[i].ref, **finite(m.to_dict())} for i, m in metrics.items()])
+        answered = reporter.epochs([{**trials[i].ref, **finite(m.to_dict())} for i, m in metrics.items()])
+        if epoch in rungs:  # the pruner judges this epoch: its answer acts now, not an epoch later
+            reporter.wait(answered)
         if h.stopping.is_set():
             raise Abandon
         verdicts = {i: h.held.verdict(trials[i].trial_id) for i in metrics}
@@ -165,7 +192,9 @@ def _run_group(h: PackHandle, claimed: list[Claim], reporter: Reporter) -> None:
                 log.warning("trial %s: out of memory on %s, giving it back", c.trial_id, h.device)
                 reporter.release_oom([c.ref], r.error or "out of memory")
                 continue
-            outcomes.append(outcome(c, repro, r))
+            o = outcome(c, repro, r)
+            o["status"] = h.held.ended_as(c.trial_id, o["status"])
+            outcomes.append(o)
         reporter.complete(outcomes)
 
     started = time.monotonic()

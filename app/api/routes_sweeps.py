@@ -17,16 +17,20 @@ from app.models import Sweep, TokenScope, Trial, TrialStatus
 from app.schemas import (
     BestRead,
     ErrorRead,
+    ImportanceRead,
     LeaderboardEntry,
     Page,
     SweepCreate,
     SweepCreated,
+    SweepExtended,
     SweepRead,
     TrialDetail,
     TrialRead,
 )
 from app.services import export, idempotency, sweep_admin
 from app.services import sweeps as sweep_service
+from app.services.extend import ExtendConflict, extend_sweep
+from app.services.importance import EVALUATORS, param_importance
 from app.services.progress import sweep_progress
 from app.services.reads import best_read, sweep_read, trial_detail, trial_read
 from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
@@ -54,6 +58,11 @@ def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
+def _created(sweep: Sweep, spec: SweepCreate) -> SweepCreated:
+    n_configs = sweep.n_trials // len(spec.seeds)
+    return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials, n_configs=n_configs)
+
+
 @router.post("/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepCreated)
 def create_sweep(
     spec: SweepCreate,
@@ -66,7 +75,7 @@ def create_sweep(
     """Submit a sweep: the spec is validated and expanded into trials (at most once per key)."""
     if idempotency_key is None:
         sweep = sweep_service.create_sweep(session, spec, settings)
-        return SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+        return _created(sweep, spec)
     owner = principal.name if principal else ""
     digest = idempotency.request_hash(spec.model_dump(mode="json"))
     try:
@@ -79,7 +88,7 @@ def create_sweep(
         response.headers["Idempotent-Replayed"] = "true"
         return SweepCreated(**key.response)
     sweep = sweep_service.create_sweep(session, spec, settings)
-    created = SweepCreated(id=sweep.id, status=sweep.status, n_trials=sweep.n_trials)
+    created = _created(sweep, spec)
     idempotency.finish(session, key, sweep.id, status.HTTP_201_CREATED, created.model_dump(mode="json"))
     return created
 
@@ -93,7 +102,7 @@ def list_sweeps(
     rows, total = sweep_service.list_sweeps(session, limit, offset)
     counts = sweep_service.trial_counts(session, [s.id for s in rows])
     progress = sweep_progress(session, rows)
-    items = [sweep_read(session, s, counts[s.id], progress[s.id]) for s in rows]
+    items = [sweep_read(session, s, counts[s.id], progress[s.id], with_pruning=False) for s in rows]
     return Page[SweepRead](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -218,6 +227,40 @@ def export_sweep(
 
     headers = {"Content-Disposition": f'attachment; filename="sweep-{sweep_id}.{format}"'}
     return StreamingResponse(chunks(), media_type=export.FORMATS[format], headers=headers)
+
+
+@router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
+def extend(sweep_id: IdPath, spec: SweepCreate, session: SessionDep, settings: SettingsDep) -> SweepExtended:
+    """Add the configs of ``spec`` the sweep has not run (by config hash); a finished sweep runs again.
+
+    Dataset, split, metric, method, pruner, refit and sampler seed must stay as they are; a
+    random / tpe / qmc sweep may only grow ``max_trials``.
+    """
+    _sweep_or_404(session, sweep_id)
+    try:
+        ext = extend_sweep(session, sweep_id, spec, settings)
+    except ExtendConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return SweepExtended(
+        id=ext.sweep.id,
+        status=ext.sweep.status,
+        n_trials=ext.sweep.n_trials,
+        added_trials=ext.added_trials,
+        added_configs=ext.added_configs,
+        reused_configs=ext.reused_configs,
+    )
+
+
+@router.get("/sweeps/{sweep_id}/importance", response_model=ImportanceRead)
+def get_importance(
+    sweep_id: IdPath,
+    session: ReadSessionDep,
+    evaluator: Annotated[Literal[EVALUATORS], Query()] = "ped_anova",  # type: ignore[valid-type]
+) -> ImportanceRead:
+    """How much each varied parameter matters to the metric, over the configs that rank
+    (Optuna's PED-ANOVA, or fANOVA); empty with fewer than two scored configs."""
+    sweep = _sweep_or_404(session, sweep_id)
+    return ImportanceRead.model_validate(param_importance(session, sweep, evaluator))
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail, tags=["trials"])

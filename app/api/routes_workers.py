@@ -28,6 +28,7 @@ from app.schemas import (
     WorkerCreate,
     WorkerRead,
 )
+from app.services import search
 from app.services import trials as trial_service
 from app.services.artifacts import claim_plans
 
@@ -86,6 +87,8 @@ def claim(
 ) -> ClaimResponse:
     """Claim up to ``max_trials`` compatible queued trials under one lease."""
     worker = _worker_or_404(session, worker_id)
+    # Random / tpe / qmc sweeps: queue enough suggested configs to fill this claim's pack first.
+    search.top_up_active(session, body.max_trials, settings.max_attempts)
     trials = trial_service.claim(session, worker, body.max_trials, settings.lease_seconds)
     sweeps = {
         s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))

@@ -9,8 +9,9 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from app import search_spec
 from app.cli.api import BadInput
-from app.spec import SweepSpec, format_loc
+from app.spec import AXES, SweepSpec, format_loc
 from app.spec_errors import plain_errors
 from gridsweep.specfile import SpecFileError, load_spec_file
 
@@ -39,8 +40,9 @@ def fmt(v: Any) -> str:
 
 
 def varying_axes(spec: dict[str, Any]) -> list[str]:
-    """The grid axes with more than one value (the columns worth showing)."""
-    return [k for k, v in spec.get("parameters", {}).items() if isinstance(v, list) and len(v) > 1]
+    """The axes the spec varies (lists of several values, distributions, sub-grids that differ):
+    the columns worth showing."""
+    return search_spec.varying_axes(spec, AXES)
 
 
 def leaderboard_table(sweep: dict[str, Any], board: list[dict[str, Any]]) -> str:
@@ -94,7 +96,7 @@ def clock(seconds: float | None) -> str:
 
 
 def trials_done(sweep: dict[str, Any]) -> int:
-    return sum(sweep["counts"].get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled"))
+    return sum(sweep["counts"].get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled", "pruned"))
 
 
 def epochs_text(sweep: dict[str, Any]) -> str:
@@ -123,7 +125,7 @@ def progress_line(sweep: dict[str, Any]) -> str:
     c = sweep["counts"]
     best = sweep.get("best")
     b = f", {best_so_far(sweep)}" if best else ""
-    extra = "".join(f", {c[s]} {s}" for s in ("failed", "diverged", "canceled") if c.get(s))
+    extra = "".join(f", {c[s]} {s}" for s in ("failed", "diverged", "canceled", "pruned") if c.get(s))
     phase = sweep.get("phase")
     words = f" ({PHASE_WORDS[phase]})" if phase in PHASE_WORDS else ""
     line = (

@@ -75,7 +75,7 @@ def evaluate(sweep: dict[str, Any], gate: Gate | None, timed_out: bool, timeout:
     sid = sweep["id"]
     if timed_out:
         c = sweep["counts"]
-        done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled"))
+        done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled", "pruned"))
         progress = f"{done}/{sweep['n_trials']} trials done"
         return Verdict(
             EXIT_TIMEOUT, "timeout", f"sweep {sid} still {sweep['status']} after {timeout:g}s ({progress})"

@@ -1,4 +1,4 @@
-"""Commands about one sweep: ``run`` (a whole sweep locally), ``status``, ``best``."""
+"""Commands about one sweep: ``run`` (a whole sweep locally), ``status``, ``best``, ``extend``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from app.cli import output as out
 from app.cli import reports
-from app.cli.api import EXIT_INTERRUPTED, call, make_client, masked_url
+from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, call, make_client, masked_url
 from app.cli.local import ThreadServer, free_port, gridsweep_cmd, local_threads, spawn, stop_all
 from app.cli.options import db_option, open_store, pack_size_flag, server_option, settings_for
 from app.cli.waiting import TERMINAL, Follower
@@ -146,4 +146,30 @@ def best(sweep_id: int, server: str, as_json: bool) -> None:
         click.echo(out.best_text(result))
 
 
-COMMANDS = (run, status, best)
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("sweep_id", type=int)
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@server_option
+@click.option("--json", "as_json", is_flag=True)
+def extend(sweep_id: int, spec_file: str, server: str, as_json: bool) -> None:
+    """Add the configs of SPEC_FILE that sweep SWEEP_ID has not run (finished results are reused).
+
+    Dataset, split, metric, method and pruner must stay as they are; a random / tpe / qmc
+    sweep takes a larger max_trials. A finished sweep runs again and is evaluated on the
+    test split again only if its best config changes.
+    """
+    spec = out.load_spec(spec_file)
+    result = call(
+        make_client(server), "POST", f"/api/v1/sweeps/{sweep_id}/extend", json=spec.model_dump(mode="json")
+    )
+    if as_json:
+        out.echo_json(result)
+        return
+    click.echo(
+        f"sweep {result['id']} {result['status']}: {result['added_trials']} new trials "
+        f"({result['added_configs']} new configs, {result['reused_configs']} reused), "
+        f"{result['n_trials']} in all"
+    )
+
+
+COMMANDS = (run, status, best, extend)

@@ -28,7 +28,8 @@ from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, form
 from gridsweep.client import ApiClient
 
 TERMINAL = ("succeeded", "failed", "canceled")
-FINISHED = ("succeeded", "failed", "diverged")  # trials worth a progress line (canceled ones are not)
+# Trials worth a progress line (canceled ones are not).
+FINISHED = ("succeeded", "failed", "diverged", "pruned")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 POLL_RETRY_SECONDS = 30.0  # ride out a short API restart while waiting
 
@@ -201,6 +202,8 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
     n = count_trials(spec)
     configs: list[dict[str, Any]] = []
     note = None
+    if spec.method != "grid":
+        note = f"method {spec.method}: Optuna suggests the {spec.max_trials} configs as results come in"
     try:
         if info is not None:
             facts = DataFacts(task=info.task, n_classes=info.n_classes, n_features=info.n_features)
@@ -214,7 +217,11 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
                 {"config_index": r.config_index, "params": r.params} for r in itertools.islice(first, show)
             ]
         else:
-            note = f"dataset {spec.dataset!r} is not built in: the server checks it and the losses"
+            note = f"dataset {spec.dataset!r} is not built in: the server checks it and the losses" + (
+                " (and counts shared configs of sub-grids once only after resolving loss: auto)"
+                if len(spec.grids) > 1
+                else ""
+            )
             if n > settings.max_trials:
                 raise SpecError(
                     [{"loc": ("parameters",), "msg": f"{n} trials, over the limit of {settings.max_trials}"}]
@@ -232,6 +239,8 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
                 "n_trials": n,
                 "n_configs": n // n_seeds,
                 "n_seeds": n_seeds,
+                "n_grids": len(spec.grids),
+                "method": spec.method,
                 "configs": configs,
                 "gate": gate_json,
                 "note": note,
@@ -241,6 +250,8 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
     click.echo(
         f"{spec.name}: {n} trials = {n // n_seeds} configs x {n_seeds} seed(s) on {spec.dataset}; "
         f"metric {spec.metric.name} ({spec.metric.goal})"
+        + (f"; {len(spec.grids)} sub-grids (their union, each config once)" if len(spec.grids) > 1 else "")
+        + (f"; pruner {spec.pruner.type}" if spec.pruner else "")
     )
     if gate is not None:
         bounds = [f"> {gate.fail_above:g}"] if gate.fail_above is not None else []

@@ -8,9 +8,10 @@ from typing import Any
 
 import yaml
 
+from app.search_spec import axis_values, stored_grids, varying_axes
 from app.spec import AXES
 
-STATUS_ORDER = ("queued", "running", "succeeded", "failed", "diverged", "canceled")
+STATUS_ORDER = ("queued", "running", "succeeded", "failed", "diverged", "canceled", "pruned")
 # Short column headers for the grid parameters.
 AXIS_LABELS = {
     "layers": "layers",
@@ -89,24 +90,20 @@ def spec_yaml(spec: dict[str, Any]) -> str:
         return obj
 
     out = clean(spec)
-    params = out.get("parameters", {})
-    for axis in AXES:
-        values = params.get(axis)
-        # A lone per-layer width list must stay a list of one list, or it would become a grid axis.
-        if isinstance(values, list) and len(values) == 1 and not isinstance(values[0], list):
-            params[axis] = values[0]
+    for params in stored_grids(out):  # one grid, or each sub-grid
+        for axis in AXES:
+            values = params.get(axis)
+            # A lone per-layer width list must stay a list of one list, or it would become a grid axis.
+            if isinstance(values, list) and len(values) == 1 and not isinstance(values[0], list):
+                params[axis] = values[0]
     return yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=100)
 
 
 def spec_rows(spec: dict[str, Any]) -> list[tuple[str, list[Any], bool]]:
-    """(parameter, values, is a grid axis) for each parameter of the spec, in expansion order."""
-    params = spec.get("parameters", {})
-    rows = []
-    for axis in AXES:
-        values = params.get(axis)
-        if isinstance(values, list):
-            rows.append((axis, values, len(values) > 1))
-    return rows
+    """(parameter, values, is varied) for each parameter of the spec, in expansion order: the values
+    over every sub-grid, a distribution as its text (``log_uniform 0.0001..0.1``)."""
+    varied = set(varying_axes(spec, AXES))
+    return [(axis, values, axis in varied) for axis in AXES if (values := axis_values(spec, axis))]
 
 
 FILTERS = {"num": num, "param": param, "duration": duration, "when": when, "ago": ago}

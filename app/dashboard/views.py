@@ -17,6 +17,7 @@ from app.services.datasets import list_datasets, sweeps_per_dataset
 from app.services.overview import sweep_pulse, sweep_rows, trial_page, worker_rows
 from app.services.plots import grid_axes
 from app.services.progress import SweepProgress, sweep_progress
+from app.services.pruning import pruning_report, trial_rungs
 from app.services.reads import best_read, trial_read
 from app.services.sweeps import get_sweep
 from app.services.trial_queries import SORTABLE, trial_epochs
@@ -129,6 +130,7 @@ def summary_context(session: Session, sweep: Sweep) -> dict[str, Any]:
         "running_share": running_share(progress),
         "finished": sum(pulse.counts[s] for s in ("succeeded", "failed", "diverged")),
         "best": best_read(session, sweep),
+        "pruning": pruning_report(session, sweep),
         "axes": grid_axes(sweep),
         # A canceled sweep keeps polling until its running trials have stopped: counts and status agree.
         "live": sweep.status in LIVE_SWEEP or progress.running > 0,
@@ -205,6 +207,7 @@ def trial_context(session: Session, trial_id: int) -> dict[str, Any]:
         "sweep": sweep,
         "worker": worker,
         "epochs": trial_epochs(session, trial),
+        "rungs": trial_rungs(session, trial),
         "axes": grid_axes(sweep),
         "live": trial.status in (TrialStatus.queued, TrialStatus.running),
         "wall_seconds": trial_read(trial).wall_seconds,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, undefer
 
 from app.db import db_now
 from app.models import Dataset, ModelArtifact, Sweep, Trial, TrialRole
+from app.search_spec import PrunerSpec
 from app.services.sweeps import TEST_ROLES
 
 MODEL_KINDS = ("best", "refit")
@@ -30,7 +31,7 @@ KIND_OF_ROLE = {TrialRole.final: "best", TrialRole.refit: "refit"}
 
 
 def claim_plans(session: Session, trials: list[Trial], sweeps: dict[int, Sweep]) -> dict[int, dict[str, Any]]:
-    """Per claimed trial: evaluate_test, refit, upload_model, dataset_id and data_hash."""
+    """Per claimed trial: evaluate_test, refit, upload_model, dataset_id, data_hash and rungs."""
     source_roles = dict(
         session.execute(
             select(Trial.id, Trial.role).where(Trial.id.in_({t.rerun_of for t in trials if t.rerun_of}))
@@ -64,8 +65,17 @@ def claim_plans(session: Session, trials: list[Trial], sweeps: dict[int, Sweep])
             else None,
             "dataset_id": sweep.dataset_id,
             "data_hash": hashes.get(sweep.dataset_id) if sweep.dataset_id else None,
+            "rungs": rungs_of(sweep, t),
         }
     return plans
+
+
+def rungs_of(sweep: Sweep, trial: Trial) -> list[int]:
+    """The epochs at which the sweep's pruner judges a search trial (none for the others)."""
+    raw = sweep.spec.get("pruner")
+    if not raw or trial.role != TrialRole.search:
+        return []
+    return PrunerSpec.model_validate(raw).rungs(int(trial.params["epochs"]))
 
 
 def store_models(session: Session, trial: Trial, kind: str, files: dict[str, bytes]) -> list[ModelArtifact]:

@@ -33,6 +33,7 @@ class LeaseState(StrEnum):
     ok = "ok"  # carry on
     cancel = "cancel"  # the sweep was canceled: stop and report the trial canceled
     lost = "lost"  # the lease is gone (expired and reclaimed): drop the trial, write nothing
+    prune = "prune"  # the sweep's pruner stopped it at this rung: stop and report it pruned
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,10 @@ class SweepRow:
     best: float | None
 
 
+# A diverged or pruned seed keeps its config out of the ranking (as in the leaderboard).
+UNRANKED = (TrialStatus.diverged, TrialStatus.pruned)
+
+
 def sweep_rows(session: Session, limit: int, offset: int) -> tuple[list[SweepRow], int]:
     """A page of sweeps, newest first, with counts by status and the best config mean so far.
 
@@ -79,7 +83,7 @@ def sweep_rows(session: Session, limit: int, offset: int) -> tuple[list[SweepRow
                 Trial.sweep_id,
                 func.avg(case((Trial.status == TrialStatus.succeeded, metric))).label("mean"),
                 func.sum(case((Trial.status == TrialStatus.succeeded, 1), else_=0)).label("n_ok"),
-                func.sum(case((Trial.status == TrialStatus.diverged, 1), else_=0)).label("n_div"),
+                func.sum(case((Trial.status.in_(UNRANKED), 1), else_=0)).label("n_div"),
             )
             .join(Sweep, Sweep.id == Trial.sweep_id)
             .where(search)

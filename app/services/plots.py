@@ -14,17 +14,17 @@ from sqlalchemy.orm import Session
 
 from app.db import json_key_text
 from app.models import Sweep, Trial, TrialEpoch, TrialRole, TrialStatus
+from app.search_spec import varying_axes
 from app.services.sweeps import leaderboard
 from app.spec import AXES
 
 # Trials that ended on their own (canceled ones say nothing about the grid).
-FINISHED = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged)
+FINISHED = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.pruned)
 
 
 def grid_axes(sweep: Sweep) -> list[str]:
-    """The parameters the sweep's grid varies (more than one value), in expansion order."""
-    params = sweep.spec.get("parameters", {})
-    return [a for a in AXES if isinstance(params.get(a), list) and len(params[a]) > 1]
+    """The parameters the sweep varies (several values, a distribution, sub-grids that differ), in order."""
+    return varying_axes(sweep.spec, AXES)
 
 
 def value_order(value: Any) -> tuple[int, Any]:
@@ -48,11 +48,12 @@ def _search(sweep: Sweep) -> list[Any]:
 
 
 def _config_stats(sweep: Sweep) -> tuple[Any, Any, Any]:
-    """Per-config aggregates (use under GROUP BY config_index): mean metric, #succeeded, #diverged."""
+    """Per-config aggregates (use under GROUP BY config_index): mean metric, #succeeded, #diverged
+    (pruned seeds count with the diverged: neither config ranks)."""
     metric = getattr(Trial, sweep.metric_name)
     mean = func.avg(case((Trial.status == TrialStatus.succeeded, metric)))
     n_ok = func.sum(case((Trial.status == TrialStatus.succeeded, 1), else_=0))
-    n_div = func.sum(case((Trial.status == TrialStatus.diverged, 1), else_=0))
+    n_div = func.sum(case((Trial.status.in_([TrialStatus.diverged, TrialStatus.pruned]), 1), else_=0))
     return mean, n_ok, n_div
 
 

@@ -8,12 +8,28 @@ from dataclasses import asdict
 from sqlalchemy.orm import Session
 
 from app.models import Sweep, Trial, TrialRole, TrialStatus
-from app.schemas import BestRead, EpochRead, MetricRead, SeedResult, SweepRead, TrialDetail, TrialRead
+from app.schemas import (
+    BestRead,
+    EpochRead,
+    MetricRead,
+    RungRead,
+    SeedResult,
+    SweepRead,
+    TrialDetail,
+    TrialRead,
+)
 from app.services.progress import SweepProgress, sweep_progress
+from app.services.pruning import pruning_report, trial_rungs
 from app.services.sweeps import METRIC_COLUMNS, TEST_COLUMNS, final_trials, leaderboard, trial_counts
 from app.services.trial_queries import trial_epochs
 
-DONE = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
+DONE = (
+    TrialStatus.succeeded,
+    TrialStatus.failed,
+    TrialStatus.diverged,
+    TrialStatus.canceled,
+    TrialStatus.pruned,
+)
 
 
 def _metrics(t: Trial, cols: tuple[str, ...]) -> dict[str, float | None]:
@@ -67,7 +83,9 @@ def sweep_read(
     sweep: Sweep,
     counts: dict[str, int] | None = None,
     progress: SweepProgress | None = None,
+    with_pruning: bool = True,
 ) -> SweepRead:
+    """A sweep as the API shows it; ``with_pruning`` False (lists) leaves out the pruner's report."""
     counts = counts if counts is not None else trial_counts(session, [sweep.id])[sweep.id]
     progress = progress or sweep_progress(session, [sweep])[sweep.id]
     done = sum(counts.get(s, 0) for s in DONE)
@@ -83,6 +101,8 @@ def sweep_read(
         progress=done / sweep.n_trials if sweep.n_trials else 1.0,
         best=best_read(session, sweep),
         error=sweep.error,
+        method=sweep.method,
+        pruning=pruning_report(session, sweep) if with_pruning else None,
         spec=sweep.spec,
         created_at=sweep.created_at,
         started_at=sweep.started_at,
@@ -100,4 +120,8 @@ def trial_read(trial: Trial) -> TrialRead:
 
 def trial_detail(session: Session, trial: Trial) -> TrialDetail:
     base = trial_read(trial).model_dump()
-    return TrialDetail(**base, epochs=[EpochRead.model_validate(e) for e in trial_epochs(session, trial)])
+    return TrialDetail(
+        **base,
+        epochs=[EpochRead.model_validate(e) for e in trial_epochs(session, trial)],
+        rungs=[RungRead.model_validate(r) for r in trial_rungs(session, trial)],
+    )

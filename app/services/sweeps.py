@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from app.models import (
 )
 from app.services.datasets import check_builtin_split, check_split, find_dataset
 from app.services.leases import LOST_PREFIX, OUT_OF_MEMORY_PREFIX
-from app.spec import DataFacts, SpecError, SweepSpec, expand, validate_spec
+from app.spec import DataFacts, SpecError, SweepSpec, TrialRow, expand, validate_spec
 from gridsweep.datasets import BUILTIN_DATASETS
 
 METRIC_COLUMNS = ("train_loss", "val_loss", "val_error", "val_accuracy")
@@ -93,6 +94,7 @@ def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep
         metric_name=spec.metric.name,
         metric_goal=spec.metric.goal,
         n_trials=n,
+        method=spec.method,
         created_at=db_now(session),
     )
     session.add(sweep)
@@ -101,7 +103,15 @@ def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep
         sweep.name = f"{sweep.dataset}-{sweep.id}"[:200]
         sweep.spec = {**sweep.spec, "name": sweep.name}
         session.flush()
-    rows = [
+    # Methods random / tpe / qmc expand to no row: their configs are suggested at claim time.
+    insert_trials(session, sweep, expand(spec, facts), settings.max_attempts)
+    return sweep
+
+
+def insert_trials(session: Session, sweep: Sweep, rows: Iterable[TrialRow], max_attempts: int) -> int:
+    """Store queued search trials of ``sweep``; returns how many."""
+    now = db_now(session)
+    dicts = [
         {
             "sweep_id": sweep.id,
             "role": TrialRole.search,
@@ -113,16 +123,16 @@ def create_sweep(session: Session, spec: SweepSpec, settings: Settings) -> Sweep
             "params": r.params,
             "status": TrialStatus.queued,
             "attempt": 0,
-            "max_attempts": settings.max_attempts,
+            "max_attempts": max_attempts,
             "epochs_done": 0,
-            "created_at": sweep.created_at,
+            "created_at": now,
         }
-        for r in expand(spec, facts)
+        for r in rows
     ]
     # Core bulk insert: one executemany instead of 10,000 ORM objects.
-    for start in range(0, len(rows), 1000):
-        session.execute(insert(Trial), rows[start : start + 1000])
-    return sweep
+    for start in range(0, len(dicts), 1000):
+        session.execute(insert(Trial), dicts[start : start + 1000])
+    return len(dicts)
 
 
 def get_sweep(session: Session, sweep_id: int) -> Sweep | None:
@@ -168,12 +178,13 @@ def leaderboard(session: Session, sweep: Sweep, limit: int = 10) -> list[RankedC
     """Configs ranked by the sweep's metric, mean over seeds, in SQL.
 
     A config ranks when at least one seed succeeded and none diverged (a diverged
-    seed ranks the whole config last); ties go to the lower grid index.
+    seed ranks the whole config last) or was pruned; ties go to the lower grid index.
     """
     metric = getattr(Trial, sweep.metric_name)
     mean = func.avg(case((Trial.status == TrialStatus.succeeded, metric)))
     n_ok = func.sum(case((Trial.status == TrialStatus.succeeded, 1), else_=0))
-    n_div = func.sum(case((Trial.status == TrialStatus.diverged, 1), else_=0))
+    # A diverged or pruned seed keeps its config out of the ranking.
+    n_div = func.sum(case((Trial.status.in_([TrialStatus.diverged, TrialStatus.pruned]), 1), else_=0))
     order = mean.asc() if sweep.metric_goal == "minimize" else mean.desc()
     q = (
         select(Trial.config_index, mean.label("mean"), n_ok.label("n"))
@@ -231,6 +242,18 @@ def cancel_sweep(session: Session, sweep: Sweep) -> Sweep:
     return sweep
 
 
+def _configs_to_suggest(session: Session, sweep: Sweep) -> bool:
+    """A random / tpe / qmc sweep with configs still to suggest is not done, whatever is pending."""
+    if sweep.method == "grid":
+        return False
+    made = session.scalar(
+        select(func.count(func.distinct(Trial.config_index))).where(
+            Trial.sweep_id == sweep.id, Trial.role == TrialRole.search
+        )
+    )
+    return (made or 0) < sweep.n_trials // len(sweep.spec.get("seeds") or [0])
+
+
 def _refit_pack_key(pack_key: str) -> str:
     return hashlib.sha256(f"{pack_key}:refit".encode()).hexdigest()[:32]
 
@@ -275,12 +298,15 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
             Trial.role != TrialRole.rerun,
         )
     )
-    if pending:
+    if pending or _configs_to_suggest(session, sweep):
         return
     now = db_now(session)
     finals = final_trials(session, sweep_id)
+    ranked = leaderboard(session, sweep, limit=1)
+    if ranked:
+        # An extended sweep may have a new best: only the evaluations of the best config count.
+        finals = [t for t in finals if t.config_index == ranked[0].config_index]
     if not finals:
-        ranked = leaderboard(session, sweep, limit=1)
         if not ranked:
             sweep.status = SweepStatus.failed
             sweep.error = "; ".join(filter(None, ["no trial succeeded", exhausted_note(session, sweep_id)]))
@@ -288,6 +314,7 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
             return
         best = ranked[0]
         sweep.best_trial_id = best.trials[0].id
+        sweep.test_metrics = sweep.refit_test_metrics = sweep.error = None
         # Final: the best config retrained per seed on the training split, scored on test; the
         # lowest seed's model is kept. Refit (spec.refit): the same on train + validation.
         roles = [TrialRole.final, TrialRole.refit] if sweep.spec.get("refit") else [TrialRole.final]

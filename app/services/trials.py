@@ -21,6 +21,7 @@ from app.db import db_now, for_update_skip_locked, insert_ignore
 from app.models import Sweep, SweepStatus, Trial, TrialEpoch, TrialStatus, Worker, WorkerStatus
 from app.services.leases import FINAL_COLUMNS, Lease, LeaseState, canceled_sweeps, clear_metrics
 from app.services.leases import held as _held
+from app.services.pruning import decide, prune_decided
 from app.services.requeue import ReleaseReason, extend_running_leases, reap_expired, release
 from app.services.sweeps import TEST_ROLES, finalize_if_done
 
@@ -173,10 +174,20 @@ def report_epochs(
         states[t.id] = LeaseState.cancel if t.sweep_id in canceled else LeaseState.ok
     if rows:
         session.execute(insert_ignore(session, TrialEpoch.__table__), rows)
+        # The sweep's pruner judges the epochs just stored (a canceled sweep's trials stop anyway).
+        live = [t for t in held.values() if t.sweep_id not in canceled]
+        for tid in decide(session, live, [r for r in reports if r["trial_id"] in held]):
+            states[tid] = LeaseState.prune
     return states
 
 
-OUTCOMES = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.canceled)
+OUTCOMES = (
+    TrialStatus.succeeded,
+    TrialStatus.failed,
+    TrialStatus.diverged,
+    TrialStatus.canceled,
+    TrialStatus.pruned,
+)
 
 
 def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, LeaseState]:
@@ -185,12 +196,14 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
     held = _held(session, [Lease(o["trial_id"], o["lease_token"]) for o in outcomes])
     states: dict[int, LeaseState] = {}
     touched: set[int] = set()
+    # A worker that knows no `prune` stops a pruned trial as canceled: it ends pruned all the same.
+    pruned = prune_decided(session, [o["trial_id"] for o in outcomes if o["status"] == TrialStatus.canceled])
     for o in outcomes:
         t = held.get(o["trial_id"])
         if t is None:
             states[o["trial_id"]] = LeaseState.lost
             continue
-        t.status = TrialStatus(o["status"])
+        t.status = TrialStatus.pruned if t.id in pruned else TrialStatus(o["status"])
         if t.status == TrialStatus.failed:  # an unfinished attempt's numbers would rank and sort
             clear_metrics(t)
         metrics = o.get("metrics") or {}

@@ -1,4 +1,4 @@
-// The sweep page's four plots, drawn from the JSON endpoints and redrawn when the sweep moves.
+// The sweep page's five plots, drawn from the JSON endpoints and redrawn when the sweep moves.
 "use strict";
 
 (function () {
@@ -13,7 +13,7 @@
   const GOOD_TO_BAD = ["#1a7f4b", "#66bd63", "#d9ef8b", "#fee08b", "#fdae61", "#d73027"];
   const ramp = minimize ? GOOD_TO_BAD : GOOD_TO_BAD.slice().reverse();
   const el = (name) => document.getElementById("chart-" + name);
-  const CHARTS = ["curves", "heatmap", "parallel", "history"];
+  const CHARTS = ["curves", "heatmap", "parallel", "importance", "history"];
 
   function openTrial(id) {
     if (id) window.location.assign("/trials/" + id);
@@ -165,6 +165,23 @@
     target.dataset.configs = String(d.n_configs);
   }
 
+  function drawImportance(d) {
+    const target = el("importance");
+    const names = Object.keys(d.importances);
+    if (!names.length) return C.empty(target, d.n_configs < 2 ? "needs two scored configs" : "no parameter varies");
+    // Largest on top: ECharts draws a category axis bottom-up.
+    const rows = names.map((k) => [k, d.importances[k]]).reverse();
+    C.draw(target, {
+      grid: { left: 110, right: 40, top: 10, bottom: 30 },
+      tooltip: { formatter: (p) => p.name + ": " + fmt(p.value) + " of the importance (" + d.evaluator + ", " + d.n_configs + " configs)" },
+      xAxis: { type: "value", min: 0, max: 1, axisLabel: { color: C.AXIS_TEXT } },
+      yAxis: { type: "category", data: rows.map((r) => r[0]), axisLabel: { color: C.AXIS_TEXT } },
+      series: [{ type: "bar", data: rows.map((r) => r[1]), itemStyle: { color: "#4c6ef5" },
+        label: { show: true, position: "right", formatter: (p) => fmt(p.value), fontSize: 11 } }],
+    }, rows.length);
+    target.dataset.params = names.join(",");
+  }
+
   function drawHistory(d) {
     const target = el("history");
     const n = d.trial_ids.length;
@@ -195,7 +212,7 @@
           itemStyle: { color: "#4c6ef5", opacity: 0.55 } },
         { type: "line", name: "best so far", data: best, step: "end", showSymbol: false, z: 5,
           lineStyle: { color: C.BEST, width: 2.5 }, itemStyle: { color: C.BEST } },
-        { type: "scatter", name: "failed / diverged", data: bad, symbol: "triangle", symbolSize: 8,
+        { type: "scatter", name: "failed / diverged / pruned", data: bad, symbol: "triangle", symbolSize: 8,
           itemStyle: { color: "#d92d20" } },
       ],
     }, ok.length + bad.length);
@@ -222,6 +239,7 @@
       load("curves", api + "/curves?top=10", drawCurves),
       pickX && pickY && pickX.value !== pickY.value ? load("heatmap", heatmapUrl(), drawHeatmap) : null,
       load("parallel", api + "/configs", drawParallel),
+      load("importance", api + "/importance", drawImportance),
       load("history", api + "/history", drawHistory),
     ]);
   }
