@@ -51,7 +51,10 @@ PACK_SIZE = "4"
 
 
 def _expired_sweep(db: Database, n: int, attempts: int) -> tuple[int, list[int]]:
-    """A sweep whose ``n`` trials were all claimed by one worker, now with expired leases."""
+    """A sweep whose ``n`` trials were all claimed by one worker, now with expired leases.
+
+    Claimed one at a time: a trial lost alone is charged its attempt (a lost pack is not).
+    """
     body = {
         "name": "reap",
         "dataset": "moons",
@@ -63,7 +66,7 @@ def _expired_sweep(db: Database, n: int, attempts: int) -> tuple[int, list[int]]
         )
         worker = ts.register_worker(s, "w", "host", "cpu")
         claimed = []
-        while batch := ts.claim(s, worker, n, 30):
+        while batch := ts.claim(s, worker, 1, 30):
             claimed += [t.id for t in batch]
         s.execute(update(Trial).values(lease_expires_at=db_now(s) - timedelta(seconds=1)))
         return sweep_row.id, sorted(claimed)
@@ -212,8 +215,9 @@ def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
     assert all(lived[t.id] <= 1 for t in trials)
     assert duplicated_epoch_rows(pg_only_url) == 0
     assert all(curves.get(t.id) == EPOCHS and t.epochs_done == EPOCHS for t in search)
-    # The kills cost attempts, which the reapers reclaimed exactly once each: a second reaper
-    # taking the same expired lease would make the reclaims exceed the retries.
-    assert 1 <= reclaims <= retries
+    # The kills left leases for the reapers to reclaim. A lost pack is requeued without charging
+    # its trials an attempt (README, attempts), so reclaims are not bounded by the retries here;
+    # that two reapers never take one lease twice is test_two_reapers_never_reclaim_a_lease_twice.
+    assert reclaims >= 1 and retries >= 0
     for text in logs.values():
         assert "500" not in logged_statuses(text)
