@@ -229,7 +229,11 @@ def export_sweep(
     return StreamingResponse(chunks(), media_type=export.FORMATS[format], headers=headers)
 
 
-@router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
+@router.post(
+    "/sweeps/{sweep_id}/extend",
+    response_model=SweepExtended,
+    responses={409: {"model": ErrorRead, "description": "the spec changes what the sweep must keep"}},
+)
 def extend(sweep_id: IdPath, spec: SweepCreate, session: SessionDep, settings: SettingsDep) -> SweepExtended:
     """Add the configs of ``spec`` the sweep has not run (by config hash); a finished sweep runs again.
 
