@@ -127,8 +127,14 @@ def test_sbatch_script_works_the_queue_then_ends_and_forwards_sigterm(
     sid = server.http.post("/api/v1/sweeps", json=LONG_EPOCH).json()["id"]
     second = run_sbatch({**env, "GRIDSWEEP_EXIT_WHEN_IDLE": "300"}, tmp_path / "task-2.out")
     try:
-        wait_for(lambda: trial_rows(db_url, sid)[0].status == "running", 120, "a claim")
-        time.sleep(1.0)
+        claimed = wait_for(
+            lambda: next((t for t in trial_rows(db_url, sid) if t.status == "running"), None), 120, "a claim"
+        )
+        # Signal only once the worker holds the trial (its heartbeat extended the lease), not while
+        # the claim's answer is still on its way to a worker slowed down by a loaded machine.
+        wait_for(
+            lambda: trial_rows(db_url, sid)[0].lease_expires_at > claimed.lease_expires_at, 60, "a heartbeat"
+        )
         os.kill(second.pid, signal.SIGTERM)
         t0 = time.monotonic()
         code = wait_exit(second, 60, "the signalled array task")
