@@ -105,6 +105,7 @@ def sign_off(session: Session, worker: Worker) -> list[int]:
     trials it still runs (a claim answered while it stopped) go back to the queue without using
     an attempt. Returns their ids."""
     worker.status = WorkerStatus.offline
+    mark_work_queued(session)  # its own waiting claim (if any) wakes, sees it signed off and ends
     rows = session.scalars(
         select(Trial)
         .where(Trial.worker_id == worker.id, Trial.status == TrialStatus.running)
