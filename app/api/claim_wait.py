@@ -3,15 +3,14 @@
 Each try is one short transaction of its own, run in the thread pool; no transaction is held
 while waiting, and the wait holds no thread. A try is made again at once when this process
 queues work (``app.services.workload.SIGNAL``, set after the commit that queued it), and at
-least every ``recheck`` seconds (work queued by another API process behind the same load
-balancer). The wait ends empty when ``wait_seconds`` pass, the client went away, or a sweep
+least every ``recheck`` seconds before the deadline (work queued by another API process behind
+the same load balancer). The wait ends empty when ``wait_seconds`` pass, the client went away, or a sweep
 ended (a worker that exits with its sweep, ``gridsweep run``, hears it at once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -42,7 +41,10 @@ async def claim_waiting(
             left = deadline - loop.time()
             if answer is not None or waiter.ended or left <= 0 or await gone():
                 return answer
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(waiter.event.wait(), min(left, recheck))
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    return None  # no try at the deadline: the worker asks again at once anyway
     finally:
         SIGNAL.remove(waiter)
