@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         0.0, ge=0, description="A claim's lease; 0: 3 missed heartbeats (30 s by default)."
     )
     reaper_interval_seconds: float = Field(5.0, description="How often the API requeues expired leases.")
+    claim_recheck_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=30,
+        description="How often a waiting claim looks again for work queued by another API process.",
+    )
     max_attempts: int = Field(3, description="Attempts a trial gets before a lost worker fails it.")
     max_page_size: int = Field(500, description="Largest `limit` of a paginated list.")
     max_upload_bytes: int = Field(

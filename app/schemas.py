@@ -215,10 +215,20 @@ class WorkerRead(BaseModel):
     trial_ids: list[int] = []
 
 
+# The longest a claim may wait for work (a worker asks less, and its HTTP timeout is longer).
+MAX_CLAIM_WAIT_SECONDS = 30.0
+
+
 class ClaimRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_trials: Annotated[int, NotBool] = Field(1, ge=1, le=1024)
+    wait_seconds: Annotated[float, NotBool] = Field(
+        0.0,
+        ge=0,
+        le=MAX_CLAIM_WAIT_SECONDS,
+        description="With nothing claimable, wait this long for work to be queued (0: answer at once).",
+    )
 
 
 class ClaimedTrial(BaseModel):
@@ -243,6 +253,8 @@ class ClaimResponse(BaseModel):
     trials: list[ClaimedTrial]
     lease_seconds: float
     heartbeat_seconds: float
+    # The longest wait_seconds this API takes (absent from an API that answers claims at once).
+    max_wait_seconds: float = MAX_CLAIM_WAIT_SECONDS
 
 
 class LeaseRef(BaseModel):

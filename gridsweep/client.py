@@ -125,8 +125,29 @@ class ApiClient:
     def register(self, name: str, hostname: str, device: str) -> dict[str, Any]:
         return self.request("POST", "/api/v1/workers", {"name": name, "hostname": hostname, "device": device})
 
-    def claim(self, worker_id: str, max_trials: int) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/workers/{worker_id}/claim", {"max_trials": max_trials})
+    def claim(self, worker_id: str, max_trials: int, wait_seconds: float = 0.0) -> dict[str, Any]:
+        """Claim a pack; with ``wait_seconds`` the API holds the answer until work is queued (or
+        that long): the HTTP timeout covers the wait. An API without the long poll refuses the
+        field (422): then the claim is asked again without it (its answer lacks max_wait_seconds)."""
+        body: dict[str, Any] = {"max_trials": max_trials}
+        if wait_seconds <= 0:
+            return self.request("POST", f"/api/v1/workers/{worker_id}/claim", body)
+        try:
+            return self.request(
+                "POST",
+                f"/api/v1/workers/{worker_id}/claim",
+                {**body, "wait_seconds": wait_seconds},
+                timeout=self._http.timeout.read + wait_seconds if self._http.timeout.read else None,
+            )
+        except ApiError as exc:
+            if exc.status_code != 422 or "wait_seconds" not in str(exc.detail):
+                raise
+            return self.request("POST", f"/api/v1/workers/{worker_id}/claim", body)
+
+    def sign_off(self, worker_id: str) -> dict[int, str]:
+        """The worker is stopping: not counted idle any more; what it still held is requeued."""
+        r = self.request("POST", f"/api/v1/workers/{worker_id}/sign-off", retry_for=5.0, interruptible=False)
+        return {int(k): v for k, v in r["states"].items()}
 
     def heartbeat(self, worker_id: str, leases: list[dict[str, Any]]) -> dict[int, str]:
         r = self.request("POST", f"/api/v1/workers/{worker_id}/heartbeat", {"leases": leases}, retry_for=5.0)

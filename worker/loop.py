@@ -5,6 +5,9 @@ the trials in hand alive; every report is fenced by the lease token, and the
 answer may say ``cancel`` (stop the trial), ``prune`` (stop it: it ends ``pruned``) or
 ``lost`` (drop it, write nothing).
 SIGTERM / SIGINT: training stops within one step, the trials go back to the queue at once.
+An idle worker waits at the API for work (a long-poll claim, ``worker.claiming``): it is handed
+a trial the moment one is queued, and a stop does not wait for the claim. On its way out it
+signs off (not counted idle by the API's fair share; anything it still held is requeued).
 ``idle_exit_seconds``: once no trial has been claimable for that long, the loop ends (nothing
 is held then): a batch job or a scaled-out pod ends when the queue stays empty.
 An API or database outage does not stop training: epoch reports are buffered and sent
@@ -30,6 +33,7 @@ from gridsweep import logs
 from gridsweep.claims import Claim
 from gridsweep.client import ApiClient, ApiError
 from gridsweep.vocab import TrialConfig
+from worker import claiming
 from worker.data import DataCache
 from worker.fused_packs import train_one
 from worker.handback import model_files, upload_model
@@ -73,7 +77,7 @@ class Worker:
         cache_dir: str | None = None,
         allow_tf32: bool = False,
     ) -> None:
-        self.stopping = threading.Event()
+        self.stopping = claiming.Stopping()  # setting it also wakes a waiting claim
         # Both clients stop retrying through an outage as soon as the worker is stopping.
         self.client = ApiClient(server, token=token, interrupt=self.stopping)
         # Its own connection (used from another thread).
@@ -85,7 +89,8 @@ class Worker:
         # by device. Either way a trial gets the same numbers (worker/fused.py, Reproducibility).
         self.pack_size = parse_pack_size(pack_size) or auto_pack_size(self.device.type)
         self.allow_tf32 = allow_tf32
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = poll_seconds  # between empty claims of an API without the long poll
+        self.claim_wait_seconds = claiming.CLAIM_WAIT_SECONDS
         self.exit_when = exit_when
         self.idle_exit_seconds = idle_exit_seconds
         self.uploads = UploadedDatasets(self.client, cache_dir)
@@ -125,12 +130,14 @@ class Worker:
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         hb.start()
         done = 0
-        idle = 0.0
+        idle = wait = 0.0  # wait: how long the next claim may wait at the API for work
         idle_since: float | None = None  # when the queue was first found empty (monotonic)
         try:
             while not self.stopping.is_set():
                 try:
-                    answer = self.client.claim(self.worker_id, self.pack_size)
+                    answer = claiming.claim(self.client, self.stopping, self.worker_id, self.pack_size, wait)
+                    if answer is None:
+                        break  # stopping while the claim waited
                     claimed = [Claim.from_json(t) for t in answer["trials"]]
                 except ApiError as exc:
                     if exc.status_code != 503 or self.stopping.is_set():
@@ -142,16 +149,20 @@ class Worker:
                         idle_since = time.monotonic()
                     if self.exit_when is not None and self.exit_when():
                         break
-                    if self.idle_exit_seconds is not None and (
-                        time.monotonic() - idle_since >= self.idle_exit_seconds
-                    ):
-                        log.info("no trial to claim for %.1fs: exiting", time.monotonic() - idle_since)
+                    idle_for = time.monotonic() - idle_since
+                    if self.idle_exit_seconds is not None and idle_for >= self.idle_exit_seconds:
+                        log.info("no trial to claim for %.1fs: exiting", idle_for)
                         break
-                    # Poll quickly right after work, slower when the queue stays empty.
+                    if "max_wait_seconds" in answer:  # wait at the API: handed the next trial at once
+                        wait = min(self.claim_wait_seconds, float(answer["max_wait_seconds"]))
+                        if self.idle_exit_seconds is not None:
+                            wait = min(wait, self.idle_exit_seconds - idle_for)
+                        continue
+                    # An API without the long poll: poll quickly right after work, slower later.
                     idle = min(self.poll_seconds, idle + 0.05) if idle else 0.05
                     self.stopping.wait(idle)
                     continue
-                idle, idle_since = 0.0, None
+                idle, wait, idle_since = 0.0, 0.0, None
                 done += self.run_claimed(claimed)
                 logs.set_fields(sweep_id=None, trial_id=None)
         except ApiError:
@@ -160,6 +171,7 @@ class Worker:
         finally:
             self._release_all()
             self.stopping.set()
+            self._sign_off()
             hb.join(timeout=2)
             self.client.close()
             self.hb_client.close()
@@ -189,6 +201,17 @@ class Worker:
                 log.warning("release failed (the reaper will requeue them): %s", exc)
             with self.held.lock:
                 self.held.leases.clear()
+
+    def _sign_off(self) -> None:
+        """Tell the API this worker is gone: its fair share stops counting it, and a claim answered
+        while it stopped is requeued at once rather than when its lease expires."""
+        if not self.worker_id:
+            return
+        try:
+            if n := len(self.client.sign_off(self.worker_id)):
+                log.info("signed off; %d trials claimed while stopping were requeued", n)
+        except ApiError as exc:  # an older API (404) or an unreachable one: the reaper requeues
+            log.debug("sign-off failed: %s", exc)
 
     # --- one claim -------------------------------------------------------------------
 

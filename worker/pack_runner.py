@@ -22,6 +22,7 @@ from typing import Any
 from gridsweep.claims import Claim
 from gridsweep.client import ApiError
 from gridsweep.vocab import TrialConfig
+from worker.claiming import Stopping
 from worker.fused import PackStopped
 from worker.fused_packs import train_packs
 from worker.leases import Abandon, PackHandle, failed, finite, outcome, repro_record
@@ -79,9 +80,14 @@ class Reporter:
 
     def wait(self, answered: threading.Event) -> None:
         """Wait for an answer (a rung), unless the worker stops; an unreachable API raises."""
-        while not answered.wait(0.05):
-            if self.h.stopping.is_set() or self.error is not None or not self.thread.is_alive():
-                break
+        if isinstance(self.h.stopping, Stopping):  # set at once by the answer or by a stop
+            with self.h.stopping.waking(answered):
+                if not self.h.stopping.is_set():
+                    answered.wait()
+        else:
+            while not answered.wait(0.05):
+                if self.h.stopping.is_set() or self.error is not None or not self.thread.is_alive():
+                    break
         if self.error is not None:
             raise self.error
 
@@ -111,9 +117,11 @@ class Reporter:
     def _run(self) -> None:
         h = self.h
         while (item := self.items.get()) is not None:
-            if self.error is not None:
-                continue
             kind, payload = item
+            if self.error is not None:
+                if (answered := self._answered.pop(id(payload), None)) is not None:
+                    answered.set()  # nobody waits for an answer that will not come
+                continue
             try:
                 if kind == "epochs":
                     try:

@@ -46,6 +46,8 @@ WorkerIdPath = Annotated[Text, Path(max_length=200)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+# The store itself, for a route that opens short transactions of its own (a long-poll claim).
+DatabaseDep = Annotated[Database, Depends(get_db)]
 
 
 # Answers any guarded route may give besides its own (documented in the OpenAPI schema).

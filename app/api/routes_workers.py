@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.deps import ERROR_RESPONSES, ReadSessionDep, SessionDep, SettingsDep, WorkerIdPath
+from app.api.claim_wait import claim_waiting
+from app.api.deps import (
+    ERROR_RESPONSES,
+    DatabaseDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    WorkerIdPath,
+)
 from app.auth import require
-from app.models import Sweep, TokenScope, Trial, TrialStatus, Worker
+from app.config import Settings
+from app.models import Sweep, TokenScope, Trial, TrialStatus, Worker, WorkerStatus
 from app.schemas import (
+    MAX_CLAIM_WAIT_SECONDS,
     ClaimedTrial,
     ClaimRequest,
     ClaimResponse,
@@ -28,7 +38,7 @@ from app.schemas import (
     WorkerCreate,
     WorkerRead,
 )
-from app.services import search
+from app.services import requeue, search
 from app.services import trials as trial_service
 from app.services.artifacts import claim_plans
 
@@ -43,8 +53,8 @@ router = APIRouter(
 )
 
 
-def _worker_or_404(session: Session, worker_id: str) -> Worker:
-    worker = session.get(Worker, worker_id)
+def _worker_or_404(session: Session, worker_id: str, lock: bool = False) -> Worker:
+    worker = session.get(Worker, worker_id, with_for_update=lock)
     if worker is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"worker {worker_id} not registered")
     return worker
@@ -82,18 +92,40 @@ def list_workers(session: ReadSessionDep) -> list[WorkerRead]:
 
 
 @router.post("/{worker_id}/claim", response_model=ClaimResponse)
-def claim(
-    worker_id: WorkerIdPath, body: ClaimRequest, session: SessionDep, settings: SettingsDep
+async def claim(
+    worker_id: WorkerIdPath, body: ClaimRequest, request: Request, db: DatabaseDep, settings: SettingsDep
 ) -> ClaimResponse:
-    """Claim up to ``max_trials`` compatible queued trials under one lease."""
-    worker = _worker_or_404(session, worker_id)
+    """Claim up to ``max_trials`` compatible queued trials under one lease, waiting up to ``wait_seconds``."""
+
+    def attempt(first: bool) -> ClaimResponse | None:  # one short transaction (app.api.claim_wait)
+        with db.session() as session:
+            return _claim_once(session, worker_id, body, settings, first)
+
+    recheck = settings.claim_recheck_seconds
+    found = await claim_waiting(attempt, body.wait_seconds, recheck, request.is_disconnected)
+    return found or _claim_answer(None, [], settings)
+
+
+def _claim_once(
+    session: Session, worker_id: str, body: ClaimRequest, settings: Settings, first: bool
+) -> ClaimResponse | None:
+    """One try of a claim: the answer, or None when nothing is claimable yet."""
+    worker = _worker_or_404(session, worker_id, lock=True)  # a sign-off waits for this try
+    if not first and worker.status == WorkerStatus.offline:
+        return _claim_answer(None, [], settings)  # signed off while it waited: claim nothing for it
     # Random / tpe / qmc sweeps: queue enough suggested configs to fill this claim's pack first.
     search.top_up_active(session, body.max_trials, settings.max_attempts)
     trials = trial_service.claim(session, worker, body.max_trials, settings.lease_seconds)
-    sweeps = {
-        s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))
-    }
-    plans = claim_plans(session, trials, sweeps)
+    return _claim_answer(session, trials, settings) if trials else None
+
+
+def _claim_answer(session: Session | None, trials: list[Trial], settings: Settings) -> ClaimResponse:
+    sweeps = (
+        {s.id: s for s in session.scalars(select(Sweep).where(Sweep.id.in_({t.sweep_id for t in trials})))}
+        if session is not None and trials
+        else {}
+    )
+    plans = claim_plans(session, trials, sweeps) if session is not None and trials else {}
     return ClaimResponse(
         trials=[
             ClaimedTrial(
@@ -112,6 +144,7 @@ def claim(
         ],
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
+        max_wait_seconds=MAX_CLAIM_WAIT_SECONDS,
     )
 
 
@@ -143,6 +176,13 @@ def complete(worker_id: WorkerIdPath, body: CompleteRequest, session: SessionDep
         if states.get(o.trial_id) == trial_service.LeaseState.ok:
             log.info("trial %d ended %s, recorded from worker %s", o.trial_id, o.status, worker_id)
     return LeaseStates(states=states)
+
+
+@router.post("/{worker_id}/sign-off", response_model=LeaseStates)
+def sign_off(worker_id: WorkerIdPath, session: SessionDep) -> LeaseStates:
+    """The worker is stopping: it is not counted idle, and trials it still runs are requeued."""
+    worker = _worker_or_404(session, worker_id)
+    return LeaseStates(states=dict.fromkeys(requeue.sign_off(session, worker), trial_service.LeaseState.lost))
 
 
 @router.post("/{worker_id}/release", response_model=LeaseStates)

@@ -76,7 +76,12 @@ class ThreadServer:
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
-        wait_healthy(self.url)
+        # uvicorn says when it listens (lifespan done): no health poll at 0.1 s steps.
+        deadline = time.monotonic() + 30.0
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not self.server.started:
+            raise RuntimeError(f"the in-process API at {self.url} did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,9 +28,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.db import db_now, for_update_skip_locked
-from app.models import Trial, TrialEpoch, TrialStatus
+from app.models import Trial, TrialEpoch, TrialStatus, Worker, WorkerStatus
 from app.services.leases import LOST_PREFIX, OUT_OF_MEMORY_PREFIX, Lease, LeaseState, clear_metrics, held
 from app.services.sweeps import finalize_if_done
+from app.services.workload import mark_work_queued
 
 MAX_ERROR_CHARS = 20_000
 
@@ -49,6 +50,7 @@ def _unclaim(t: Trial) -> None:
 
 def _hand_back(session: Session, t: Trial) -> None:
     """Requeue ``t`` as if its last claim had not happened (its attempt number is used again)."""
+    mark_work_queued(session)
     session.execute(delete(TrialEpoch).where(TrialEpoch.trial_id == t.id, TrialEpoch.attempt == t.attempt))
     _unclaim(t)
     clear_metrics(t)
@@ -56,7 +58,7 @@ def _hand_back(session: Session, t: Trial) -> None:
     t.attempt = max(0, t.attempt - 1)
 
 
-def _charge(t: Trial, why: str, now: datetime) -> bool:
+def _charge(session: Session, t: Trial, why: str, now: datetime) -> bool:
     """Requeue ``t`` with its attempt used up, or fail it when it has none left; True: failed."""
     _unclaim(t)
     clear_metrics(t)
@@ -67,6 +69,7 @@ def _charge(t: Trial, why: str, now: datetime) -> bool:
         return True
     t.status = TrialStatus.queued
     t.error = f"{why}; queued again"[:MAX_ERROR_CHARS]
+    mark_work_queued(session)
     return False
 
 
@@ -89,12 +92,29 @@ def release(
             _hand_back(session, t)
             continue
         why = f"{OUT_OF_MEMORY_PREFIX} {t.attempt} of {t.max_attempts}" + (f": {error}" if error else "")
-        if _charge(t, why, now):
+        if _charge(session, t, why, now):
             finished.add(t.sweep_id)
     session.flush()
     for sweep_id in sorted(finished):
         finalize_if_done(session, sweep_id)
     return {x.trial_id: LeaseState.ok if x.trial_id in trials else LeaseState.lost for x in leases}
+
+
+def sign_off(session: Session, worker: Worker) -> list[int]:
+    """The worker is stopping: it is no longer counted idle (``app.services.workload``), and the
+    trials it still runs (a claim answered while it stopped) go back to the queue without using
+    an attempt. Returns their ids."""
+    worker.status = WorkerStatus.offline
+    mark_work_queued(session)  # its own waiting claim (if any) wakes, sees it signed off and ends
+    rows = session.scalars(
+        select(Trial)
+        .where(Trial.worker_id == worker.id, Trial.status == TrialStatus.running)
+        .with_for_update()
+    ).all()
+    for t in rows:
+        _hand_back(session, t)
+    session.flush()
+    return [t.id for t in rows]
 
 
 def reap_expired(session: Session) -> int:
@@ -136,7 +156,7 @@ def reap_expired(session: Session) -> int:
             continue
         (t,) = pack
         why = f"{LOST_PREFIX} lease expired on attempt {t.attempt} of {t.max_attempts}"
-        if _charge(t, why, now):
+        if _charge(session, t, why, now):
             failed_sweeps.add(t.sweep_id)
     session.flush()
     for sweep_id in sorted(failed_sweeps):

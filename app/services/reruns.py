@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db import db_now
 from app.models import TERMINAL_TRIAL_STATUSES, Sweep, SweepStatus, Trial, TrialRole, TrialStatus
+from app.services.workload import mark_work_queued
 from gridsweep.datasets import BUILTIN_DATASETS
 
 RERUN_PRIORITY = 50  # after final evaluations, before the search trials of other sweeps
@@ -61,4 +62,5 @@ def rerun_trial(session: Session, source: Trial, max_attempts: int) -> Trial:
     )
     session.add(trial)
     session.flush()
+    mark_work_queued(session)
     return trial

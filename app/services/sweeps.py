@@ -25,6 +25,7 @@ from app.models import (
 )
 from app.services.datasets import check_builtin_split, check_split, find_dataset
 from app.services.leases import LOST_PREFIX, OUT_OF_MEMORY_PREFIX
+from app.services.workload import mark_sweep_ended, mark_work_queued
 from app.spec import DataFacts, SpecError, SweepSpec, TrialRow, expand, validate_spec
 from gridsweep.datasets import BUILTIN_DATASETS
 
@@ -132,6 +133,8 @@ def insert_trials(session: Session, sweep: Sweep, rows: Iterable[TrialRow], max_
     # Core bulk insert: one executemany instead of 10,000 ORM objects.
     for start in range(0, len(dicts), 1000):
         session.execute(insert(Trial), dicts[start : start + 1000])
+    if dicts:
+        mark_work_queued(session)
     return len(dicts)
 
 
@@ -238,6 +241,7 @@ def cancel_sweep(session: Session, sweep: Sweep) -> Sweep:
     )
     sweep.status = SweepStatus.canceled
     sweep.finished_at = now
+    mark_sweep_ended(session)
     session.flush()
     return sweep
 
@@ -283,8 +287,9 @@ def exhausted_note(session: Session, sweep_id: int) -> str | None:
 def finalize_if_done(session: Session, sweep_id: int) -> None:
     """Move a sweep on once its trials are done: queue the test evaluation, then finish.
 
-    Runs in the transaction that ended a trial. The sweep row is locked first so
-    that two trials ending at once cannot both queue the final evaluation.
+    Runs in the transaction that ended a trial: the final evaluation is queued (and a waiting
+    claim woken, ``app.services.workload``) by the very request that ended the last search
+    trial. The sweep row is locked first so that two trials ending at once cannot both queue it.
     """
     sweep = session.scalars(select(Sweep).where(Sweep.id == sweep_id).with_for_update()).one()
     if sweep.status in (SweepStatus.succeeded, SweepStatus.failed, SweepStatus.canceled):
@@ -311,6 +316,7 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
             sweep.status = SweepStatus.failed
             sweep.error = "; ".join(filter(None, ["no trial succeeded", exhausted_note(session, sweep_id)]))
             sweep.finished_at = now
+            mark_sweep_ended(session)
             return
         best = ranked[0]
         sweep.best_trial_id = best.trials[0].id
@@ -336,6 +342,7 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
                         created_at=now,
                     )
                 )
+        mark_work_queued(session)
         session.flush()
         return
     errors, missing = [], False
@@ -366,3 +373,4 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
     # none, it failed (a CI gate must not pass), though its best config by validation stands.
     sweep.status = SweepStatus.failed if missing else SweepStatus.succeeded
     sweep.finished_at = now
+    mark_sweep_ended(session)

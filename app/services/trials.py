@@ -24,6 +24,7 @@ from app.services.leases import held as _held
 from app.services.pruning import decide, prune_decided
 from app.services.requeue import ReleaseReason, extend_running_leases, reap_expired, release
 from app.services.sweeps import TEST_ROLES, finalize_if_done
+from app.services.workload import fair_share, idle_others
 
 __all__ = [  # release and reaping live in app.services.requeue; callers may use either module
     "Lease",
@@ -61,6 +62,8 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
 
     No trial is claimed in a pack larger than its ``max_pack`` (set when a pack it was in was
     lost): the head of the queue caps the pack, and only trials that allow that size join it.
+    With other workers idle, the claim takes only its fair share of that pack
+    (``app.services.workload``): a small sweep spreads over every worker.
     """
     now = db_now(session)
     worker.last_heartbeat_at = now
@@ -76,17 +79,20 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     if head is None:
         return []
     size = min(max_trials, head.max_pack or max_trials)
+    pack = (
+        Trial.status == TrialStatus.queued,
+        Trial.sweep_id == head.sweep_id,
+        Trial.pack_key == head.pack_key,
+        or_(Trial.max_pack.is_(None), Trial.max_pack >= size),
+    )
+    if size > 1 and (idle := idle_others(session, worker, now)):
+        size = min(size, fair_share(session.scalar(select(func.count()).where(*pack)) or 0, idle))
     # Pick and lock the ids in a statement of their own. As a subquery of the UPDATE,
     # PostgreSQL may rescan it per row: each rescan skips the rows the UPDATE has just
     # changed and takes the next ones, so LIMIT stops limiting and one claim takes the pack.
     ids = session.scalars(
         select(Trial.id)
-        .where(
-            Trial.status == TrialStatus.queued,
-            Trial.sweep_id == head.sweep_id,
-            Trial.pack_key == head.pack_key,
-            or_(Trial.max_pack.is_(None), Trial.max_pack >= size),
-        )
+        .where(*pack)
         .order_by(*CLAIM_ORDER)
         .limit(size)
         .with_for_update(**lock)
