@@ -268,6 +268,7 @@ def run_optuna_parallel(name: str, quick: bool, storage: str, n: int) -> tuple[f
     """One process per core on one study; the wall time is the slowest one's."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     k = cores()
     per = math.ceil(n / k)
     direction = "maximize" if GRIDS[name]["task"] == "classification" else "minimize"
