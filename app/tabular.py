@@ -1,8 +1,9 @@
 """Tables (CSV, Parquet) -> validated numeric arrays, and the feature encoding for predictions.
 
-Pure: pandas + numpy, no database or HTTP. Every rejection is a ``TableError`` whose
-errors carry a ``loc`` (the request field) and a message that names the column and the
-row. Rows are numbered from 1 in file order, the header not counted.
+Pure: pandas + numpy, no database or HTTP; imported only where a table is read (an upload,
+``gridsweep predict``): what the API needs without reading one is in ``app.tabular_types``.
+Every rejection is a ``TableError`` whose errors carry a ``loc`` (the request field) and a
+message that names the column and the row. Rows are numbered from 1 in file order, the header not counted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pandas as pd
 
 from app.tabular_checks import (
     Problems,
-    TableError,
     bad_rows,
     is_numeric,
     missing_problems,
@@ -26,6 +26,9 @@ from app.tabular_checks import (
     rows_text,
     to_numbers,
 )
+from app.tabular_types import Encoding, TableError, min_rows_for_split
+
+__all__ = ["Encoding", "PreparedTable", "TableError", "encode_frame", "min_rows_for_split", "prepare_table"]
 
 # A numeric target with at most this many distinct integer values is taken for class labels.
 MAX_INFERRED_CLASSES = 20
@@ -36,32 +39,6 @@ FORMATS = ("csv", "parquet")
 
 def _err(loc: str | tuple[Any, ...], msg: str) -> TableError:
     return TableError([{"loc": (loc,) if isinstance(loc, str) else loc, "msg": msg}])
-
-
-@dataclass
-class Encoding:
-    """How a row of the file becomes the model's input: feature columns in file order; each
-    categorical column becomes one 0/1 column per category (``col=value``, categories sorted)."""
-
-    columns: list[str]
-    categorical: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def feature_names(self) -> list[str]:
-        out: list[str] = []
-        for c in self.columns:
-            out += [f"{c}={v}" for v in self.categorical[c]] if c in self.categorical else [c]
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "columns": list(self.columns),
-            "categorical": {k: list(v) for k, v in self.categorical.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Encoding:
-        return cls(list(d["columns"]), {k: list(v) for k, v in (d.get("categorical") or {}).items()})
 
 
 @dataclass
@@ -166,12 +143,6 @@ def _py(v: Any) -> Any:
 
 def _num_stats(v: np.ndarray) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
-
-
-def min_rows_for_split(n: int, validation: float, test: float) -> tuple[int, int, int]:
-    """(train, validation, test) row counts, rounded as ``gridsweep.datasets.split_dataset`` does."""
-    n_test, n_val = round(n * test), round(n * validation)
-    return n - n_val - n_test, n_val, n_test
 
 
 def prepare_table(

@@ -16,17 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.tabular_types import TableError
+
 MAX_PROBLEMS = 20
 MOSTLY_NUMERIC = 0.8  # this share of a column's filled cells read as numbers: the rest are typos
 ROWS_NAMED = 10  # rows listed in one message
-
-
-class TableError(ValueError):
-    """The table cannot be used; ``errors`` are ``{"loc": (...), "msg": ...}`` like a 422's detail."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(e["msg"] for e in errors))
 
 
 class Problems:

@@ -1,11 +1,13 @@
 """Datasets a trial trains on, and the deterministic train/val/test split.
 
-Pure: numpy + scikit-learn only (no torch, no database, no HTTP), so the API can
-import ``BUILTIN_DATASETS`` to validate a spec without generating any data.
+Pure: numpy (+ scikit-learn for digits and diabetes, imported only for them) -- no torch,
+no database, no HTTP -- so the API can import ``BUILTIN_DATASETS`` to validate a spec
+without generating any data.
 
 Every built-in dataset is deterministic: the synthetic ones use a fixed
-``random_state`` and the real ones (digits, diabetes) ship inside scikit-learn,
-so nothing is downloaded at run time and every worker sees the same rows.
+``random_state`` (moons, circles and friedman1 from ``gridsweep.generators``, scikit-learn's
+generators repeated bit for bit in numpy) and the real ones (digits, diabetes) ship inside
+scikit-learn, so nothing is downloaded at run time and every worker sees the same rows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gridsweep import generators
 from gridsweep.vocab import TASKS
 
 # Seed for the synthetic generators. Changing it changes every stored result.
@@ -124,25 +127,28 @@ def make_dataset(name: str, task: str, X: Any, y: Any, feature_names: Sequence[s
 
 
 def _skd() -> Any:
-    """scikit-learn's datasets, imported on first use: it takes ~1.5 s, and the API (which
-    imports this module for ``BUILTIN_DATASETS``) never generates data."""
+    """scikit-learn's datasets, imported only for the datasets it ships (digits, diabetes):
+    it takes ~1.5 s, and the API (which imports this module for ``BUILTIN_DATASETS``) never
+    generates data."""
     from sklearn import datasets
 
     return datasets
 
 
 def _moons() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    X, y = _skd().make_moons(n_samples=1000, noise=0.2, random_state=_DATA_RANDOM_STATE)
+    X, y = generators.make_moons(n_samples=1000, noise=0.2, random_state=_DATA_RANDOM_STATE)
     return X, y, None
 
 
 def _circles() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    X, y = _skd().make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=_DATA_RANDOM_STATE)
+    X, y = generators.make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=_DATA_RANDOM_STATE)
     return X, y, None
 
 
 def _friedman1() -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    X, y = _skd().make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=_DATA_RANDOM_STATE)
+    X, y = generators.make_friedman1(
+        n_samples=2000, n_features=10, noise=1.0, random_state=_DATA_RANDOM_STATE
+    )
     return X, y, None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gridsweep import generators
 from gridsweep.datasets import BUILTIN_DATASETS, Dataset, load_builtin, make_dataset, split_dataset
 
 
@@ -38,6 +39,44 @@ def test_builtins_are_deterministic(name: str) -> None:
     a, b = load_builtin(name), load_builtin(name)
     np.testing.assert_array_equal(a.X, b.X)
     np.testing.assert_array_equal(a.y, b.y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**31 - 1])
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 1001])
+def test_numpy_generators_repeat_scikit_learns_bit_for_bit(seed: int, n: int) -> None:
+    """moons, circles and friedman1 no longer import sklearn.datasets: same arrays, same dtypes."""
+    skd = pytest.importorskip("sklearn.datasets")
+    for noise in (None, 0.2):
+        pairs = [
+            (
+                skd.make_moons(n, noise=noise, random_state=seed),
+                generators.make_moons(n, noise=noise, random_state=seed),
+            ),
+            (
+                skd.make_circles(n, noise=noise, factor=0.5, random_state=seed),
+                generators.make_circles(n, noise=noise, factor=0.5, random_state=seed),
+            ),
+        ]
+        for (X_ref, y_ref), (X, y) in pairs:
+            assert np.array_equal(X, X_ref) and X.dtype == X_ref.dtype and X.shape == X_ref.shape
+            assert np.array_equal(y, y_ref) and y.dtype == y_ref.dtype
+    X_ref, y_ref = skd.make_friedman1(n_samples=n, n_features=10, noise=1.0, random_state=seed)
+    X, y = generators.make_friedman1(n_samples=n, n_features=10, noise=1.0, random_state=seed)
+    assert np.array_equal(X, X_ref) and np.array_equal(y, y_ref)
+
+
+def test_builtin_synthetic_data_is_scikit_learns() -> None:
+    """The stored results of moons, circles and friedman1 sweeps stay valid: the rows did not change."""
+    skd = pytest.importorskip("sklearn.datasets")
+    refs = {
+        "moons": skd.make_moons(n_samples=1000, noise=0.2, random_state=0),
+        "circles": skd.make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=0),
+        "friedman1": skd.make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=0),
+    }
+    for name, (X_ref, y_ref) in refs.items():
+        ds = load_builtin(name)
+        assert np.array_equal(ds.X, X_ref), name
+        assert np.array_equal(ds.y, y_ref), name
 
 
 def test_unknown_dataset_lists_known_names() -> None:

@@ -61,7 +61,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import skip_init
 
 from gridsweep.datasets import SplitData
 from gridsweep.vocab import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, resolve_loss
@@ -213,6 +212,17 @@ def n_outputs_for(loss: str, n_classes: int) -> int:
     return 1
 
 
+def _uninit_linear(fan_in: int, fan_out: int, *, dtype: torch.dtype, device: torch.device) -> nn.Linear:
+    """An ``nn.Linear`` with uninitialized parameters (no draw from the global RNG). Not
+    ``torch.nn.utils.skip_init``: its meta-device pass imports sympy (~0.7 s) on the first model."""
+    lin = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(lin)
+    lin.in_features, lin.out_features = fan_in, fan_out
+    lin.weight = nn.Parameter(torch.empty(fan_out, fan_in, dtype=dtype, device=device))
+    lin.bias = nn.Parameter(torch.empty(fan_out, dtype=dtype, device=device))
+    return lin
+
+
 def build_model(
     cfg: TrialConfig, n_features: int, n_outputs: int, *, dtype: torch.dtype, device: torch.device | str
 ) -> nn.Module:
@@ -226,12 +236,12 @@ def build_model(
     drop_gen = torch.Generator(device=device).manual_seed(cfg.seed + DROPOUT_SEED_OFFSET)
     # Init comes from the trial's own CPU generator, in float64, then is cast once to
     # the training dtype: the weights depend on cfg.seed alone (not on dtype, device or
-    # the global RNG, which skip_init leaves untouched).
+    # the global RNG, which _uninit_linear leaves untouched).
     g = torch.Generator().manual_seed(cfg.seed)
     mods: list[nn.Module] = []
     widths = [n_features, *cfg.hidden_units, n_outputs]
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
-        lin = skip_init(nn.Linear, fan_in, fan_out, dtype=dtype, device=device)
+        lin = _uninit_linear(fan_in, fan_out, dtype=dtype, device=device)
         w, b = init_linear_params(g, fan_in, fan_out)
         with torch.no_grad():
             lin.weight.copy_(w.T)  # nn.Linear stores [out, in]

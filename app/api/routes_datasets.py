@@ -15,7 +15,7 @@ from app.models import Dataset, Sweep, TokenScope
 from app.schemas import DB_INT_MAX, ErrorRead, Page
 from app.schemas_datasets import DatasetDetail, DatasetRead
 from app.services import datasets as svc
-from app.tabular import TableError
+from app.tabular_types import TableError
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 # Guards per route: uploads and deletes need submit, reads read; workers download the data too.

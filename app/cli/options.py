@@ -4,6 +4,7 @@ store is, auth, pack size, log level."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 import click
@@ -106,3 +107,30 @@ def log_options(verbose: bool) -> dict[str, Any]:
     except ValidationError:
         level, fmt = "INFO", "auto"  # `gridsweep config` reports the bad value
     return {"level": "DEBUG" if verbose else level, "fmt": fmt}
+
+
+def run_log_level(verbose: int, quiet: bool, debug: bool = False) -> str:
+    """The log level of ``gridsweep run`` (its in-process API and its workers): WARNING, so a
+    clean sweep shows its progress and result only; ``-v`` INFO, ``-vv`` (or ``gridsweep -v``)
+    DEBUG; ``-q`` ERROR. Without a flag, a ``GRIDSWEEP_LOG_LEVEL`` set in the environment holds."""
+    if quiet:
+        return "ERROR"
+    if debug or verbose >= 2:
+        return "DEBUG"
+    if verbose == 1:
+        return "INFO"
+    env = os.environ.get("GRIDSWEEP_LOG_LEVEL", "").strip().upper()
+    return env if env in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "WARNING"
+
+
+verbosity_flags = (
+    click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        help="Show the in-process API's and workers' logs: -v INFO, -vv DEBUG (default: warnings only).",
+    ),
+    click.option(
+        "-q", "--quiet", is_flag=True, help="Print only the result: no progress, no logs below ERROR."
+    ),
+)

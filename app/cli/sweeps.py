@@ -11,8 +11,18 @@ from app.cli import output as out
 from app.cli import reports
 from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, call, make_client, masked_url
 from app.cli.local import ThreadServer, free_port, gridsweep_cmd, local_threads, spawn, stop_all
-from app.cli.options import db_option, open_store, pack_size_flag, server_option, settings_for
+from app.cli.options import (
+    db_option,
+    log_options,
+    open_store,
+    pack_size_flag,
+    run_log_level,
+    server_option,
+    settings_for,
+    verbosity_flags,
+)
 from app.cli.waiting import TERMINAL, Follower
+from gridsweep.logs import configure_logging
 
 
 @click.command()
@@ -25,17 +35,32 @@ from app.cli.waiting import TERMINAL, Follower
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON (the shape of submit --json)."
 )
+@verbosity_flags[0]
+@verbosity_flags[1]
+@click.pass_context
 def run(
-    spec_file: str, db: str | None, workers: int, device: str, pack_size: int | None, top: int, as_json: bool
+    ctx: click.Context,
+    spec_file: str,
+    db: str | None,
+    workers: int,
+    device: str,
+    pack_size: int | None,
+    top: int,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
 ) -> None:
     """Run one sweep to the end locally (no separate server) and print the leaderboard.
 
     On a terminal a progress bar shows trials, epochs, the best so far, elapsed time and
-    the ETA; off a terminal, one plain line per finished trial.
+    the ETA; off a terminal, one plain line per finished trial. The in-process API and the
+    workers log warnings only: -v shows their INFO lines, -vv DEBUG; -q prints only the result.
     """
     from worker.loop import Worker
     from worker.train import select_device
 
+    level = run_log_level(verbose, quiet, debug=bool(ctx.parent and ctx.parent.params.get("verbose")))
+    configure_logging(level=level, fmt=log_options(False)["fmt"])
     spec = out.load_spec(spec_file)
     try:  # a bad --device fails here, not after the sweep is stored (left queued, with a traceback)
         select_device(device)
@@ -49,7 +74,8 @@ def run(
         client = make_client(srv.url)
         created = call(client, "POST", "/api/v1/sweeps", json=spec.model_dump(mode="json"))
         sid = created["id"]
-        click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
+        if not quiet:
+            click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
 
         def sweep_done() -> bool:
             return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
@@ -67,7 +93,8 @@ def run(
                     str(pack_size or "auto"),
                     "--threads",
                     str(threads),
-                )
+                ),
+                env={"GRIDSWEEP_LOG_LEVEL": level},
             )
             for _ in range(workers - 1)
         ]
@@ -86,8 +113,11 @@ def run(
                 allow_tf32=settings.allow_tf32,
             )
             w.install_signal_handlers()
-            with Follower(make_client(srv.url), sid):
+            if quiet:
                 w.run()
+            else:
+                with Follower(make_client(srv.url), sid):
+                    w.run()
         finally:
             stop_all(helpers)
         sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")

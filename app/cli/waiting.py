@@ -168,16 +168,25 @@ class Follower:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
+        if not self.ended and not self.thread.is_alive():
+            self._poll()  # the sweep ended between two polls: its last trials and the full bar
         self.progress.close()
+
+    ended = False  # the last poll saw the sweep end
+
+    def _poll(self) -> bool:
+        """One look at the sweep; False when the in-process API is going away."""
+        try:
+            sweep = call(self.client, "GET", f"/api/v1/sweeps/{self.sweep_id}")
+        except click.ClickException:
+            return False
+        self.progress.update(sweep)
+        self.ended = sweep["status"] in TERMINAL
+        return True
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            try:
-                sweep = call(self.client, "GET", f"/api/v1/sweeps/{self.sweep_id}")
-            except click.ClickException:
-                return  # the in-process API is going away
-            self.progress.update(sweep)
-            if sweep["status"] in TERMINAL:
+            if not self._poll() or self.ended:
                 return
             self.stop.wait(self.poll)
 

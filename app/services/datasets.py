@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, undefer
 from app.db import db_now
 from app.models import Dataset, Sweep, SweepStatus, Trial, TrialStatus
 from app.spec import SpecError, SplitSpec
-from app.tabular import Encoding, TableError, min_rows_for_split, prepare_table
+from app.tabular_types import Encoding, TableError, min_rows_for_split
 from gridsweep.datasets import BUILTIN_DATASETS, load_builtin, make_dataset, split_dataset
 from gridsweep.payload import fingerprint, pack, unpack
 
@@ -111,6 +111,8 @@ def create_dataset(
         raise DatasetConflict(
             f"the name {name!r} is taken by dataset {taken.id} (different content); choose another name"
         )
+    from app.tabular import prepare_table  # pandas: only when a file is read
+
     table = prepare_table(raw, filename, opts.target, opts.task, opts.categorical, opts.drop_missing)
     ds = make_dataset(name, table.task, table.X, table.y, table.encoding.feature_names)
     meta = {"target": opts.target, "encoding": table.encoding.to_dict()}

@@ -1,0 +1,112 @@
+"""What ``gridsweep run`` prints: off a terminal progress lines and no INFO logs, ``-q`` only the
+result, on a pseudo-terminal the progress bar. Real processes on a one-epoch, two-trial sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, cli_env
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny",
+    "dataset": "moons",
+    "parameters": {"hidden_units": [8, 16], "epochs": 1, "layers": 1},
+}
+
+
+def run_args(tmp_path: Path, *flags: str) -> list[str]:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    return [sys.executable, "-m", "app.cli", "run", str(spec), "--db", db, "--device", "cpu", *flags]
+
+
+def log_levels(stderr: str) -> list[str]:
+    """The level of every log line (JSON off a terminal) on stderr."""
+    levels = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            levels.append(json.loads(line)["level"])
+    return levels
+
+
+def test_run_off_a_terminal_prints_progress_lines_and_no_info_logs(tmp_path: Path) -> None:
+    r = subprocess.run(
+        run_args(tmp_path), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert [lv for lv in log_levels(r.stderr) if lv in ("debug", "info")] == [], r.stderr
+    assert "Context impl" not in r.stderr and "setup plugin" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert "sweep 1: 2 trials on moons" in lines
+    assert sum(line.startswith(("[1/2] trial", "[2/2] trial")) for line in lines) == 2, r.stderr
+    assert "best config" in r.stdout and "rank" in r.stdout
+
+    # -v: the API's and the worker's INFO lines, alembic's setup lines still not.
+    r = subprocess.run(
+        run_args(tmp_path, "-v"), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    levels = log_levels(r.stderr)
+    assert "info" in levels and "debug" not in levels
+    assert "Context impl" not in r.stderr and "setup plugin" not in r.stderr
+
+
+def test_run_quiet_prints_only_the_result(tmp_path: Path) -> None:
+    r = subprocess.run(
+        run_args(tmp_path, "-q", "--json"),
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    result = json.loads(r.stdout)
+    assert result["status"] == "succeeded" and result["best"] is not None
+
+
+def test_run_on_a_pseudo_terminal_draws_the_progress_bar(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    env = cli_env(TERM="xterm-256color", COLUMNS="160")
+    env.pop("CI", None)
+    proc = subprocess.Popen(
+        run_args(tmp_path), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen
+    # Rich's bar: the sweep, its phase, "done/total trials", the best so far and the ETA.
+    assert "sweep 1" in screen and "2/2" in screen and "trials ·" in screen and "ETA" in screen, screen
+    assert "\x1b[" in screen  # drawn with terminal control codes, not plain lines
+    assert "[1/2] trial" not in screen  # the plain lines are for logs and CI
+    assert b"best config" in out
