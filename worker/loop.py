@@ -127,7 +127,10 @@ class Worker:
         logs.set_fields(worker_id=self.worker_id)  # on this thread's log lines (and the heartbeat's)
         self.heartbeat_seconds = float(info.get("heartbeat_seconds") or self.heartbeat_seconds)
         log.info("worker %s registered as %s on %s", self.name, self.worker_id, self.device_name)
-        hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        # The heartbeat outlives a stop request: a trial still on its way to its next step (data
+        # loading, a first call's warm-up) keeps its lease until the release below hands it back.
+        released = threading.Event()
+        hb = threading.Thread(target=self._heartbeat_loop, args=(released,), name="heartbeat", daemon=True)
         hb.start()
         done = 0
         idle = wait = 0.0  # wait: how long the next claim may wait at the API for work
@@ -171,15 +174,16 @@ class Worker:
         finally:
             self._release_all()
             self.stopping.set()
+            released.set()
             self._sign_off()
             hb.join(timeout=2)
             self.client.close()
             self.hb_client.close()
         return done
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, released: threading.Event) -> None:
         logs.set_fields(worker_id=self.worker_id)
-        while not self.stopping.wait(self.heartbeat_seconds):
+        while not released.wait(self.heartbeat_seconds):
             refs = self.held.as_refs()
             if not refs:
                 continue
