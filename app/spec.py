@@ -39,7 +39,15 @@ from app.search_spec import (
     one_or_more_grids,
     space_size,
 )
-from gridsweep.vocab import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
+from gridsweep.vocab import (
+    ACTIVATIONS,
+    DEFAULT_METRIC,
+    METRIC_GOALS,
+    METRICS,
+    METRICS_BY_TASK,
+    OPTIMIZERS,
+    resolve_loss,
+)
 
 # Axis order is the expansion order; seeds vary fastest.
 AXES = (
@@ -152,16 +160,27 @@ class Parameters(BaseModel):
 class MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["val_loss", "val_error", "val_accuracy"] = "val_loss"
+    # None: the task's default, filled in when the spec is checked against its dataset
+    # (regression val_rmse; classification val_error, ties broken by val_log_loss).
+    name: Literal[METRICS] | None = None
     goal: Literal["minimize", "maximize"] | None = None
     # Optional gate for CI: the best metric must be on the goal's side of it.
     threshold: Real | None = None
 
     @model_validator(mode="after")
     def _default_goal(self) -> MetricSpec:
-        if self.goal is None:
-            self.goal = "maximize" if self.name == "val_accuracy" else "minimize"
+        if self.goal is None and self.name is not None:
+            self.goal = METRIC_GOALS[self.name]
         return self
+
+
+class EarlyStopping(BaseModel):
+    """Stop a trial after ``patience`` epochs without an improvement of ``min_delta`` in the metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patience: Annotated[int, NotBool] = Field(ge=1, le=MAX_EPOCHS)
+    min_delta: RealIn(ge=0) = 0.0
 
 
 class SplitSpec(BaseModel):
@@ -222,6 +241,10 @@ class SweepSpec(BaseModel):
     max_trials: int | None = Field(None, ge=1)
     sampler_seed: int = Field(0, ge=0, le=2**31 - 1)
     pruner: PrunerSpec | None = None
+    # A trial's score is its best epoch's value of the metric (and that epoch's weights are
+    # kept), or its last epoch's.
+    select_epoch: Literal["best", "last"] = "best"
+    early_stopping: EarlyStopping | None = None
 
     @property
     def grids(self) -> list[Parameters]:
@@ -361,15 +384,8 @@ def validate_spec(
     spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int, max_parameters: int
 ) -> int:
     """Check what depends on the dataset and the limits; return the trial count."""
-    errors: list[dict[str, Any]] = []
-    if facts.task == "regression" and spec.metric.name in CLASSIFICATION_METRICS:
-        errors.append(
-            {
-                "loc": ("metric", "name"),
-                "msg": f"{spec.metric.name} needs a classification dataset; "
-                f"{spec.dataset!r} is a regression dataset (use val_loss)",
-            }
-        )
+    resolve_metric(spec, facts)
+    errors = metric_errors(spec, facts)
     grids = spec.grids
     for gi, grid in enumerate(grids):
         one = spec.model_copy(update={"parameters": checkable(grid)})
@@ -391,6 +407,62 @@ def validate_spec(
     if errors:
         raise SpecError(errors)
     return n
+
+
+def resolve_metric(spec: SweepSpec, facts: DataFacts) -> SweepSpec:
+    """Fill in the task's default metric (and its goal) where the spec names none; in place."""
+    if spec.metric.name is None:
+        spec.metric.name = DEFAULT_METRIC.get(facts.task, "val_loss")
+    if spec.metric.goal is None:
+        spec.metric.goal = METRIC_GOALS[spec.metric.name]
+    return spec
+
+
+def _losses(spec: SweepSpec, facts: DataFacts) -> set[str]:
+    """The concrete losses the spec's grids train with (a loss that does not fit is left out)."""
+    out: set[str] = set()
+    for grid in spec.grids:
+        for loss in checkable(grid).loss:
+            try:
+                out.add(resolve_loss(loss, facts.task, facts.n_classes))
+            except ValueError:
+                continue
+    return out
+
+
+def metric_errors(spec: SweepSpec, facts: DataFacts) -> list[dict[str, Any]]:
+    """The metric must exist for the task, and rank every config on one scale."""
+    name = spec.metric.name
+    errors: list[dict[str, Any]] = []
+    known = METRICS_BY_TASK.get(facts.task, METRICS)
+    if name not in known:
+        errors.append(
+            {
+                "loc": ("metric", "name"),
+                "msg": f"{name} is not recorded on a {facts.task} dataset ({spec.dataset!r}); "
+                f"use one of {', '.join(known)}",
+            }
+        )
+        if spec.early_stopping is not None:
+            errors.append(
+                {
+                    "loc": ("early_stopping",),
+                    "msg": f"early stopping watches the sweep's metric, and {name} does not exist "
+                    f"for a {facts.task} dataset (metric: one of {', '.join(known)})",
+                }
+            )
+    losses = _losses(spec, facts)
+    if name == "val_loss" and len(losses) > 1:
+        default = DEFAULT_METRIC.get(facts.task, "val_loss")
+        errors.append(
+            {
+                "loc": ("metric", "name"),
+                "msg": "val_loss is each trial's own training loss, and loss is a grid axis here "
+                f"({', '.join(sorted(losses))}): the configs would be ranked on different scales. "
+                f"Rank by a metric every loss shares, such as {default} (the default)",
+            }
+        )
+    return errors
 
 
 def resolve_params(params: dict[str, Any], facts: DataFacts) -> dict[str, Any]:

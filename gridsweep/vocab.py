@@ -16,9 +16,59 @@ REGRESSION_LOSSES = ("mse", "mae", "huber")
 CLASSIFICATION_LOSSES = ("bce", "cross_entropy")
 LOSSES = ("auto", *REGRESSION_LOSSES, *CLASSIFICATION_LOSSES)
 TASKS = ("classification", "regression")
-METRICS = ("val_loss", "val_error", "val_accuracy")
-# Metrics that only mean something for classification.
-CLASSIFICATION_METRICS = ("val_error", "val_accuracy")
+# Metrics on the validation split, every epoch. ``val_loss`` is the trial's own loss (its
+# scale depends on the loss); the others are the same whatever the loss: regression in the
+# target's own units (the standardization undone), classification on the predicted classes
+# and probabilities (log loss: natural log, mean over rows).
+REGRESSION_METRICS = ("val_rmse", "val_mae", "val_r2")
+CLASSIFICATION_METRICS = ("val_error", "val_accuracy", "val_log_loss")
+METRICS = ("val_loss", *CLASSIFICATION_METRICS, *REGRESSION_METRICS)
+METRICS_BY_TASK = {
+    "regression": ("val_loss", *REGRESSION_METRICS),
+    "classification": ("val_loss", *CLASSIFICATION_METRICS),
+}
+# The metric a sweep ranks by when its spec names none; val_error ties go to val_log_loss.
+DEFAULT_METRIC = {"regression": "val_rmse", "classification": "val_error"}
+TIE_BREAKS = {"val_error": "val_log_loss"}
+# Every number a trial records per epoch (and keeps for its selected epoch), and on test.
+EPOCH_METRICS = ("train_loss", *METRICS)
+TEST_METRICS = tuple("test_" + m.removeprefix("val_") for m in METRICS)
+MAXIMIZED = ("val_accuracy", "val_r2", "test_accuracy", "test_r2")
+METRIC_GOALS = {m: ("maximize" if m in MAXIMIZED else "minimize") for m in (*EPOCH_METRICS, *TEST_METRICS)}
+_UNITS = {
+    "loss": "the trial's loss",
+    "error": "fraction",
+    "accuracy": "fraction",
+    "log_loss": "nats",
+    "rmse": "target units",
+    "mae": "target units",
+    "r2": "unitless",
+}
+_LABELS = {
+    "loss": "loss",
+    "error": "error",
+    "accuracy": "accuracy",
+    "log_loss": "log loss",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R2",
+}
+METRIC_UNITS = {m: _UNITS[m.split("_", 1)[1]] for m in METRIC_GOALS}
+METRIC_LABELS = {m: _LABELS[m.split("_", 1)[1]] for m in METRIC_GOALS}
+
+
+def metric_text(name: str, value: float | None, digits: int = 4) -> str:
+    """``val_rmse, 2.31`` -> ``RMSE 2.31 (target units)``: a metric's value for people."""
+    label = METRIC_LABELS.get(name, name)
+    units = METRIC_UNITS.get(name)
+    shown = "-" if value is None else f"{value:.{digits}g}"
+    return f"{label} {shown}" + (f" ({units})" if units else "")
+
+
+def metric_units(name: str) -> str:
+    """``val_rmse`` -> ``RMSE, target units`` (a column header's note)."""
+    units = METRIC_UNITS.get(name)
+    return f"{METRIC_LABELS.get(name, name)}, {units}" if units else name
 # Momentum used by the ``momentum`` optimizer (SGD with heavy-ball momentum).
 MOMENTUM = 0.9
 
