@@ -19,6 +19,41 @@ TASKS = ("classification", "regression")
 METRICS = ("val_loss", "val_error", "val_accuracy")
 # Metrics that only mean something for classification.
 CLASSIFICATION_METRICS = ("val_error", "val_accuracy")
+# The metrics every trial records per epoch on the validation split, by task: the trial's own
+# loss (val_loss) and metrics that are the same whatever its loss. Regression rmse/mae are in
+# the TARGET'S OWN UNITS (the standardization undone), r2 is scale free; classification
+# log_loss is the cross-entropy of the predicted class probabilities (natural log, mean over
+# rows). ``train_loss`` is recorded too (the mean training loss of the epoch).
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    "regression": ("val_loss", "val_rmse", "val_mae", "val_r2"),
+    "classification": ("val_loss", "val_error", "val_accuracy", "val_log_loss"),
+}
+# Their twins on the held-out test split (the final evaluation): test_loss, test_rmse, ...
+TEST_METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    task: tuple("test_" + m.removeprefix("val_") for m in names) for task, names in METRICS_BY_TASK.items()
+}
+_MAXIMIZED = ("accuracy", "r2")
+_UNITS = {
+    "loss": "the trial's loss",
+    "rmse": "target units",
+    "mae": "target units",
+    "r2": "fraction of variance",
+    "error": "fraction",
+    "accuracy": "fraction",
+    "log_loss": "nats",
+}
+_ALL_METRICS = (
+    "train_loss",
+    *dict.fromkeys(m for names in (*METRICS_BY_TASK.values(), *TEST_METRICS_BY_TASK.values()) for m in names),
+)
+# "minimize" | "maximize" for every metric name above (accuracy and r2 are maximized).
+METRIC_GOALS: dict[str, str] = {
+    m: "maximize" if m.split("_", 1)[1] in _MAXIMIZED else "minimize" for m in _ALL_METRICS
+}
+# What each metric's numbers are in (for reports: "RMSE 2.31, target units").
+METRIC_UNITS: dict[str, str] = {m: _UNITS[m.split("_", 1)[1]] for m in _ALL_METRICS}
+GOALS = ("minimize", "maximize")
+SELECT_EPOCHS = ("best", "last")
 # Momentum used by the ``momentum`` optimizer (SGD with heavy-ball momentum).
 MOMENTUM = 0.9
 
