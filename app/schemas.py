@@ -256,10 +256,10 @@ class ClaimedTrial(BaseModel):
     data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
     upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
     rungs: list[int] = []  # epochs the sweep's pruner judges: wait for the API's answer there
-    metric: str = "val_loss"  # the sweep's metric: it picks the best epoch and drives early stopping
+    metric: str = "val_loss"  # the sweep's metric: the worker picks the epoch by it
     goal: str = "minimize"  # "minimize" | "maximize"
-    select_epoch: str = "best"  # "best" | "last": the epoch whose numbers and weights are kept
-    early_stopping: dict[str, Any] | None = None  # {"patience": n >= 1, "min_delta": d >= 0}; never a refit
+    select_epoch: str = "best"  # "best" | "last"
+    early_stopping: dict[str, Any] | None = None  # {"patience": n >= 1, "min_delta": d >= 0}
 
 
 class ClaimResponse(BaseModel):
@@ -295,10 +295,10 @@ class EpochReport(LeaseRef):
     val_loss: FiniteFloat | None = None
     val_error: FiniteFloat | None = None
     val_accuracy: FiniteFloat | None = None
-    val_log_loss: FiniteFloat | None = None
     val_rmse: FiniteFloat | None = None
     val_mae: FiniteFloat | None = None
     val_r2: FiniteFloat | None = None
+    val_log_loss: FiniteFloat | None = None
 
 
 class EpochsRequest(BaseModel):
@@ -311,9 +311,6 @@ class TrialOutcome(LeaseRef):
     status: Literal["succeeded", "failed", "diverged", "canceled", "pruned"]
     metrics: dict[str, FiniteFloat | None] = {}
     epochs_done: Annotated[int, NotBool] | None = Field(None, ge=0, le=DB_INT_MAX)
-    # The selected epoch (the metrics are its numbers) and where early stopping ended the trial.
-    best_epoch: Annotated[int, NotBool] | None = Field(None, ge=1, le=DB_INT_MAX)
-    stopped_epoch: Annotated[int, NotBool] | None = Field(None, ge=1, le=DB_INT_MAX)
     # What the worker reports is cleaned, never refused: the outcome must be recorded.
     error: ErrorText | None = None
     device: CleanText(64) | None = None
@@ -321,6 +318,8 @@ class TrialOutcome(LeaseRef):
     data_hash: CleanText(64) | None = None
     split: Annotated[dict[str, Any], CleanJson] | None = None
     versions: Annotated[dict[str, str | int | None], CleanJson] | None = None
+    best_epoch: Annotated[int, NotBool] | None = Field(None, ge=1, le=DB_INT_MAX)  # the selected epoch
+    stopped_epoch: Annotated[int, NotBool] | None = Field(None, ge=1, le=DB_INT_MAX)  # early stopping
 
 
 class CompleteRequest(BaseModel):

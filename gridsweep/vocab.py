@@ -16,34 +16,52 @@ REGRESSION_LOSSES = ("mse", "mae", "huber")
 CLASSIFICATION_LOSSES = ("bce", "cross_entropy")
 LOSSES = ("auto", *REGRESSION_LOSSES, *CLASSIFICATION_LOSSES)
 TASKS = ("classification", "regression")
-# Metrics on the validation split, every epoch. ``val_loss`` is the trial's own loss (its
-# scale depends on the loss); the others are the same whatever the loss: regression in the
-# target's own units (the standardization undone), classification on the predicted classes
-# and probabilities (log loss: natural log, mean over rows).
-REGRESSION_METRICS = ("val_rmse", "val_mae", "val_r2")
-CLASSIFICATION_METRICS = ("val_error", "val_accuracy", "val_log_loss")
-METRICS = ("val_loss", *CLASSIFICATION_METRICS, *REGRESSION_METRICS)
-METRICS_BY_TASK = {
-    "regression": ("val_loss", *REGRESSION_METRICS),
-    "classification": ("val_loss", *CLASSIFICATION_METRICS),
+# The metrics every trial records per epoch on the validation split, by task: the trial's own
+# loss (val_loss) and metrics that are the same whatever its loss. Regression rmse/mae are in
+# the TARGET'S OWN UNITS (the standardization undone), r2 is scale free; classification
+# log_loss is the cross-entropy of the predicted class probabilities (natural log, mean over
+# rows). ``train_loss`` is recorded too (the mean training loss of the epoch).
+METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    "regression": ("val_loss", "val_rmse", "val_mae", "val_r2"),
+    "classification": ("val_loss", "val_error", "val_accuracy", "val_log_loss"),
 }
-# The metric a sweep ranks by when its spec names none; val_error ties go to val_log_loss.
-DEFAULT_METRIC = {"regression": "val_rmse", "classification": "val_error"}
-TIE_BREAKS = {"val_error": "val_log_loss"}
-# Every number a trial records per epoch (and keeps for its selected epoch), and on test.
-EPOCH_METRICS = ("train_loss", *METRICS)
-TEST_METRICS = tuple("test_" + m.removeprefix("val_") for m in METRICS)
-MAXIMIZED = ("val_accuracy", "val_r2", "test_accuracy", "test_r2")
-METRIC_GOALS = {m: ("maximize" if m in MAXIMIZED else "minimize") for m in (*EPOCH_METRICS, *TEST_METRICS)}
+# Their twins on the held-out test split (the final evaluation): test_loss, test_rmse, ...
+TEST_METRICS_BY_TASK: dict[str, tuple[str, ...]] = {
+    task: tuple("test_" + m.removeprefix("val_") for m in names) for task, names in METRICS_BY_TASK.items()
+}
+_MAXIMIZED = ("accuracy", "r2")
 _UNITS = {
     "loss": "the trial's loss",
+    "rmse": "target units",
+    "mae": "target units",
+    "r2": "fraction of variance",
     "error": "fraction",
     "accuracy": "fraction",
     "log_loss": "nats",
-    "rmse": "target units",
-    "mae": "target units",
-    "r2": "unitless",
 }
+_ALL_METRICS = (
+    "train_loss",
+    *dict.fromkeys(m for names in (*METRICS_BY_TASK.values(), *TEST_METRICS_BY_TASK.values()) for m in names),
+)
+# "minimize" | "maximize" for every metric name above (accuracy and r2 are maximized).
+METRIC_GOALS: dict[str, str] = {
+    m: "maximize" if m.split("_", 1)[1] in _MAXIMIZED else "minimize" for m in _ALL_METRICS
+}
+# What each metric's numbers are in (for reports: "RMSE 2.31, target units").
+METRIC_UNITS: dict[str, str] = {m: _UNITS[m.split("_", 1)[1]] for m in _ALL_METRICS}
+GOALS = ("minimize", "maximize")
+SELECT_EPOCHS = ("best", "last")
+REGRESSION_METRICS = METRICS_BY_TASK["regression"][1:]  # val_rmse, val_mae, val_r2
+# Metrics that only mean something for classification: val_error, val_accuracy, val_log_loss.
+CLASSIFICATION_METRICS = METRICS_BY_TASK["classification"][1:]
+METRICS = ("val_loss", *CLASSIFICATION_METRICS, *REGRESSION_METRICS)
+# The metric a sweep ranks by when its spec names none; val_error ties go to val_log_loss.
+DEFAULT_METRIC = {"regression": "val_rmse", "classification": "val_error"}
+TIE_BREAKS = {"val_error": "val_log_loss"}
+# The one list of metric columns: every number a trial records per epoch (and keeps for its
+# selected epoch), and its twins on the test split.
+EPOCH_METRICS = ("train_loss", *METRICS)
+TEST_METRICS = tuple("test_" + m.removeprefix("val_") for m in METRICS)
 _LABELS = {
     "loss": "loss",
     "error": "error",
@@ -53,8 +71,7 @@ _LABELS = {
     "mae": "MAE",
     "r2": "R2",
 }
-METRIC_UNITS = {m: _UNITS[m.split("_", 1)[1]] for m in METRIC_GOALS}
-METRIC_LABELS = {m: _LABELS[m.split("_", 1)[1]] for m in METRIC_GOALS}
+METRIC_LABELS: dict[str, str] = {m: _LABELS[m.split("_", 1)[1]] for m in METRIC_GOALS}
 
 
 def metric_text(name: str, value: float | None, digits: int = 4) -> str:
