@@ -83,9 +83,29 @@ def metric_text(name: str, value: float | None, digits: int = 4) -> str:
 
 
 def metric_units(name: str) -> str:
-    """``val_rmse`` -> ``RMSE, target units`` (a column header's note)."""
+    """``val_rmse`` -> ``RMSE, target units`` (a column header's note); ``val_loss`` -> its units."""
     units = METRIC_UNITS.get(name)
-    return f"{METRIC_LABELS.get(name, name)}, {units}" if units else name
+    if units is None:
+        return name
+    label = METRIC_LABELS.get(name, name)
+    return units if label == "loss" else f"{label}, {units}"
+
+
+def rule_text(metric: dict[str, Any]) -> str:
+    """How a sweep ranks, from the API's ``metric`` object: units, tie-break, epoch rule."""
+    name = metric["name"]
+    text = f"ranked by {name} ({metric_units(name)}, {metric.get('goal', 'minimize')})"
+    if metric.get("tie_break"):
+        text += f", ties broken by {metric['tie_break']}"
+    which = "last" if metric.get("select_epoch") == "last" else "best"
+    text += f"; each trial scored at its {which} epoch"
+    es = metric.get("early_stopping")
+    if es:
+        delta = es.get("min_delta") or 0
+        text += f"; early stopping after {es['patience']} epochs without an improvement of {delta:g}"
+    return text
+
+
 # Momentum used by the ``momentum`` optimizer (SGD with heavy-ball momentum).
 MOMENTUM = 0.9
 
