@@ -60,7 +60,8 @@ def _config_stats(sweep: Sweep) -> tuple[Any, Any, Any]:
 
 def learning_curves(session: Session, sweep: Sweep, top: int = 10) -> dict[str, Any]:
     """The sweep's metric (and val_loss) per epoch of every seed of the ``top`` configs (the
-    leaderboard's), best first, then of up to ``top`` running search trials (``rank`` None): their curves grow as epochs arrive.
+    leaderboard's), best first, then of up to ``top`` running search trials (``rank`` None):
+    their curves grow as epochs arrive.
 
     The curves of all those trials come from one query (their latest attempt only).
     """
