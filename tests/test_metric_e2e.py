@@ -222,7 +222,8 @@ def test_a_regression_sweep_ranks_on_one_scale_and_keeps_the_best_epoch(
     # The kept model is the best epoch's: numpy's RMSE of its predictions on the validation rows
     # (target units) is the trial's val_rmse.
     best = http.get(f"/api/v1/sweeps/{sid}/best").json()
-    final = next(t for t in http.get(f"/api/v1/sweeps/{sid}/trials", params={"role": "final"}).json()["items"])
+    finals = http.get(f"/api/v1/sweeps/{sid}/trials", params={"role": "final"}).json()["items"]
+    final = finals[0]
     assert final["status"] == "succeeded" and final["best_epoch"] is not None
     model = http.get(f"/api/v1/sweeps/{sid}/model")
     assert model.status_code == 200, model.text
