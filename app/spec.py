@@ -162,7 +162,9 @@ class MetricSpec(BaseModel):
 
     # None: the task's default, filled in when the spec is checked against its dataset
     # (regression val_rmse; classification val_error, ties broken by val_log_loss).
-    name: Literal[METRICS] | None = None
+    name: Literal[METRICS] | None = Field(
+        None, description="null: the task's default, val_rmse (regression) or val_error (classification)"
+    )
     goal: Literal["minimize", "maximize"] | None = None
     # Optional gate for CI: the best metric must be on the goal's side of it.
     threshold: Real | None = None

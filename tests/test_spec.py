@@ -584,3 +584,17 @@ def test_a_range_is_checked_at_its_ends() -> None:
         method="tpe", max_trials=4, parameters={"layers": {"min": 1, "max": 3}, "hidden_units": [[8, 8], 16]}
     )
     assert validate_spec(ok, MOONS, 10_000, 10_000, 10**8) == 4  # [8, 8] fits depth 2 of 1..3: 4 configs
+
+
+def test_the_json_schema_has_the_epoch_rules_and_every_metric() -> None:
+    from app.cli.spec_schema import spec_json_schema
+
+    s = spec_json_schema()
+    props = s["properties"]
+    assert props["select_epoch"]["enum"] == ["best", "last"] and props["select_epoch"]["default"] == "best"
+    es = s["$defs"]["EarlyStopping"]
+    assert es["properties"]["patience"]["minimum"] == 1 and es["properties"]["min_delta"]["minimum"] == 0
+    assert es["required"] == ["patience"]
+    short = props["metric"]["anyOf"][0]
+    assert {"val_rmse", "val_error", "val_log_loss", "val_r2"} <= set(short["enum"])
+    assert "val_rmse (regression)" in props["metric"]["description"]
