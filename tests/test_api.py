@@ -9,7 +9,8 @@ import httpx
 
 from tests.conftest import Server
 
-SPEC = {"name": "api", "dataset": "moons", "parameters": {"epochs": 2}}
+# The tests play the worker and report val_loss: the sweeps rank by it (moons' default is val_error).
+SPEC = {"name": "api", "dataset": "moons", "metric": "val_loss", "parameters": {"epochs": 2}}
 
 
 def post_spec(http: httpx.Client, body: Any) -> httpx.Response:
