@@ -129,6 +129,15 @@ def test_defaults_the_claims_and_the_score_of_the_selected_epoch(client: TestCli
     trial = client.get(f"/api/v1/trials/{best['trial_id']}").json()
     assert (trial["best_epoch"], trial["stopped_epoch"], trial["val_error"]) == (3, 4, 0.125)
     assert [e["val_error"] for e in trial["epochs"]] == [0.625, 0.625, 0.125, 0.625]
+    # The learning curves draw the sweep's metric; the trial page marks the best epoch and the stop.
+    curves = client.get(f"/api/v1/sweeps/{sid}/curves").json()
+    assert curves["metric"] == "val_error" and curves["units"] == "error, fraction"
+    top = next(c for c in curves["trials"] if c["trial_id"] == best["trial_id"])
+    assert top["values"] == [0.625, 0.625, 0.125, 0.625]
+    assert (top["best_epoch"], top["stopped_epoch"]) == (3, 4)
+    page = client.get(f"/trials/{best['trial_id']}").text
+    assert 'data-testid="trial-best-epoch" data-value="3"' in page
+    assert 'data-testid="trial-stopped-epoch" data-value="4"' in page
     # Final retrains keep the rule; a refit (no validation split) trains the median best epoch
     # count of the config's seeds (3 and 5: the higher middle, 5) and never stops early.
     finals = claim(client, wid, 4) + claim(client, wid, 4)  # finals, then refits (their own pack)
