@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ from gridsweep.vocab import metric_units, rule_text
 class Gate:
     """Pass when ``fail_below <= best <= fail_above`` (either bound may be absent)."""
 
-    metric: str
+    metric: str | None  # None: the spec names none (the task's default, known once submitted)
     fail_above: float | None
     fail_below: float | None
     source: str  # the flags given, or "metric.threshold"
@@ -74,6 +74,8 @@ def best_value(sweep: dict[str, Any]) -> float | None:
 def evaluate(sweep: dict[str, Any], gate: Gate | None, timed_out: bool, timeout: float | None) -> Verdict:
     """The exit code and the one-line reason, from the sweep as the API last showed it."""
     sid = sweep["id"]
+    if gate is not None and gate.metric is None:  # the spec named none: the task's default
+        gate = replace(gate, metric=_metric(sweep))
     if timed_out:
         c = sweep["counts"]
         done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled", "pruned"))
