@@ -460,7 +460,8 @@ def metric_errors(spec: SweepSpec, facts: DataFacts) -> list[dict[str, Any]]:
             {
                 "loc": ("metric", "name"),
                 "msg": "val_loss is each trial's own loss function on the validation split, and loss "
-                f"is a grid axis here ({', '.join(sorted(losses))}): the configs would be ranked on different scales. "
+                f"is a grid axis here ({', '.join(sorted(losses))}): the configs would be ranked on "
+                "different scales. "
                 f"Rank by a metric every loss shares, such as {default} (the default)",
             }
         )
