@@ -135,6 +135,8 @@ def test_defaults_the_claims_and_the_score_of_the_selected_epoch(client: TestCli
     top = next(c for c in curves["trials"] if c["trial_id"] == best["trial_id"])
     assert top["values"] == [0.625, 0.625, 0.125, 0.625]
     assert (top["best_epoch"], top["stopped_epoch"]) == (3, 4)
+    summary = client.get(f"/sweeps/{sid}").text
+    assert "error, fraction, minimize, ties broken by val_log_loss; each trial at its best epoch" in summary
     page = client.get(f"/trials/{best['trial_id']}").text
     assert 'data-testid="trial-best-epoch" data-value="3"' in page
     assert 'data-testid="trial-stopped-epoch" data-value="4"' in page
