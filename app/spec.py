@@ -438,11 +438,12 @@ def metric_errors(spec: SweepSpec, facts: DataFacts) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     known = METRICS_BY_TASK.get(facts.task, METRICS)
     if name not in known:
+        other = next((t for t, names in METRICS_BY_TASK.items() if name in names), "other")
         errors.append(
             {
                 "loc": ("metric", "name"),
-                "msg": f"{name} is not recorded on a {facts.task} dataset ({spec.dataset!r}); "
-                f"use one of {', '.join(known)}",
+                "msg": f"{name} needs a {other} dataset; {spec.dataset!r} is a {facts.task} dataset "
+                f"(use one of {', '.join(known)})",
             }
         )
         if spec.early_stopping is not None:

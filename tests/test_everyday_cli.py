@@ -276,7 +276,11 @@ def test_submit_wait_prints_the_leaderboard_json_shape_and_ctrl_c(
     assert "(error, fraction)" in lines[1]
     head = ["rank", "hidden_units", "val_error", "(mean", "±", "std;", "error,", "fraction)", "seeds"]
     assert lines[2].split() == head
-    assert lines[4].split()[0] == "1" and lines[5].startswith("best config (trial ")
+    assert lines[4].split()[0] == "1" and lines[6].startswith("best config (trial ")
+    assert lines[5] == (
+        "ranked by val_error (error, fraction, minimize), ties broken by val_log_loss; "
+        "each trial scored at its best epoch"
+    )
     # Off a terminal: one plain line per finished trial, no ANSI.
     assert "[1/2] trial " in r.stderr and "\x1b[" not in r.stderr
     r = gridsweep("submit", str(spec), "--server", server.url, "--wait", "--json", "--poll", "0.3")
