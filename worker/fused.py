@@ -44,7 +44,11 @@ device type, not on the other trials, K, the block or the CPU part it lands in):
 * Reductions: per trial, over its own rows or units (the same lengths in any pack);
   validation is summed over chunks whose rows depend on the width only (``evaluate_block``);
   every loss metric is the per-row (or per-batch) losses in the training dtype summed in
-  float64 and divided in float64.
+  float64 and divided in float64; the regression errors (rmse, mae, r2) are each trial's row of
+  a ``[K, rows]`` float64 buffer of exact terms, summed alike (``worker.metrics``).
+* Leaving: a trial that is done, diverged, canceled, pruned or stopped early leaves its block
+  (``Block.keep``: its rows are dropped from the weights and the optimizer state), which changes
+  nothing for the others; its selected epoch's weights are its own row, saved and put back.
 * Threads: on a CPU every part trains on one torch thread (``worker.fused_packs``), since how
   a kernel splits its work among threads changes its rounding.
 
