@@ -177,6 +177,17 @@ class Trial(Base):
     test_loss: Mapped[float | None] = mapped_column(Float)
     test_error: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
+    # Since 0006: metrics on one scale whatever the loss (gridsweep.vocab), of the selected epoch.
+    val_log_loss: Mapped[float | None] = mapped_column(Float)
+    val_rmse: Mapped[float | None] = mapped_column(Float)
+    val_mae: Mapped[float | None] = mapped_column(Float)
+    val_r2: Mapped[float | None] = mapped_column(Float)
+    test_log_loss: Mapped[float | None] = mapped_column(Float)
+    test_rmse: Mapped[float | None] = mapped_column(Float)
+    test_mae: Mapped[float | None] = mapped_column(Float)
+    test_r2: Mapped[float | None] = mapped_column(Float)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)  # the selected epoch (1-based)
+    stopped_epoch: Mapped[int | None] = mapped_column(Integer)  # early stopping ended it after this one
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -209,6 +220,10 @@ class TrialEpoch(Base):
     val_loss: Mapped[float | None] = mapped_column(Float)
     val_error: Mapped[float | None] = mapped_column(Float)
     val_accuracy: Mapped[float | None] = mapped_column(Float)
+    val_log_loss: Mapped[float | None] = mapped_column(Float)
+    val_rmse: Mapped[float | None] = mapped_column(Float)
+    val_mae: Mapped[float | None] = mapped_column(Float)
+    val_r2: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     trial: Mapped[Trial] = relationship(back_populates="epochs")

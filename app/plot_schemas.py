@@ -21,6 +21,9 @@ class CurveRead(BaseModel):
     epochs: list[int]
     val_loss: list[float | None]
     train_loss: list[float | None]
+    values: list[float | None] = Field([], description="the sweep's metric per epoch (what the plot draws)")
+    best_epoch: int | None = Field(None, description="the epoch the trial is scored at")
+    stopped_epoch: int | None = Field(None, description="early stopping ended the trial after this epoch")
 
 
 class CurvesRead(BaseModel):
@@ -28,6 +31,7 @@ class CurvesRead(BaseModel):
 
     metric: str
     goal: str
+    units: str | None = Field(None, description="the metric's units (RMSE, target units; fraction; ...)")
     best_trial_ids: list[int] = Field(description="the seeds of the best config")
     trials: list[CurveRead]
 

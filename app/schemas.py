@@ -41,6 +41,11 @@ class SweepCreated(BaseModel):
 class MetricRead(BaseModel):
     name: str
     goal: str
+    label: str | None = Field(None, description="how people call it: RMSE, error, log loss, ...")
+    units: str | None = Field(None, description="target units (regression), fraction, nats, ...")
+    tie_break: str | None = Field(None, description="the metric that orders configs tied on this one")
+    select_epoch: str = Field("best", description="a trial's score: its best epoch's value, or its last")
+    early_stopping: dict[str, Any] | None = None
 
 
 class SeedResult(BaseModel):
@@ -124,9 +129,19 @@ class TrialRead(BaseModel):
     val_loss: float | None
     val_error: float | None
     val_accuracy: float | None
+    val_log_loss: float | None = None
+    val_rmse: float | None = None
+    val_mae: float | None = None
+    val_r2: float | None = None
     test_loss: float | None = None
     test_error: float | None = None
     test_accuracy: float | None = None
+    test_log_loss: float | None = None
+    test_rmse: float | None = None
+    test_mae: float | None = None
+    test_r2: float | None = None
+    best_epoch: int | None = Field(None, description="the epoch whose metrics (and weights) the trial keeps")
+    stopped_epoch: int | None = Field(None, description="early stopping ended the trial after this epoch")
     error: str | None
     worker_id: str | None
     device: str | None
@@ -153,6 +168,10 @@ class EpochRead(BaseModel):
     val_loss: float | None
     val_error: float | None
     val_accuracy: float | None
+    val_log_loss: float | None = None
+    val_rmse: float | None = None
+    val_mae: float | None = None
+    val_r2: float | None = None
 
 
 class RungRead(BaseModel):
@@ -247,6 +266,10 @@ class ClaimedTrial(BaseModel):
     data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
     upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
     rungs: list[int] = []  # epochs the sweep's pruner judges: wait for the API's answer there
+    metric: str = "val_loss"  # the sweep's metric: the worker picks the epoch by it
+    goal: str = "minimize"  # "minimize" | "maximize"
+    select_epoch: str = "best"  # "best" | "last"
+    early_stopping: dict[str, Any] | None = None  # {"patience": n >= 1, "min_delta": d >= 0}
 
 
 class ClaimResponse(BaseModel):
@@ -284,6 +307,10 @@ class EpochReport(LeaseRef):
     val_loss: FiniteFloat | None = None
     val_error: FiniteFloat | None = None
     val_accuracy: FiniteFloat | None = None
+    val_rmse: FiniteFloat | None = None
+    val_mae: FiniteFloat | None = None
+    val_r2: FiniteFloat | None = None
+    val_log_loss: FiniteFloat | None = None
 
 
 class EpochsRequest(BaseModel):
@@ -303,6 +330,8 @@ class TrialOutcome(LeaseRef):
     data_hash: CleanText(64) | None = None
     split: Annotated[dict[str, Any], CleanJson] | None = None
     versions: Annotated[dict[str, str | int | None], CleanJson] | None = None
+    best_epoch: Annotated[int, NotBool] | None = Field(None, ge=1, le=DB_INT_MAX)  # the selected epoch
+    stopped_epoch: Annotated[int, NotBool] | None = Field(None, ge=1, le=DB_INT_MAX)  # early stopping
 
 
 class CompleteRequest(BaseModel):

@@ -259,6 +259,11 @@ def check_search(spec: Any, n_grid_configs: int | None, max_trials: int) -> list
 
     ``n_grid_configs``: the configs of the space when it is countable: lists and integer
     ranges (None: a float range).
+
+    A pruner goes with either ``select_epoch``: it judges the metric's intermediate values at
+    its rung epochs (each trial's best so far, as it trains), while ``select_epoch`` decides
+    only the score of a trial that runs to its end; and with ``early_stopping``: a trial that
+    stops early simply ends before its next rung.
     """
     errors: list[dict[str, Any]] = []
     grids = spec.grids

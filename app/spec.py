@@ -3,7 +3,8 @@
 A parameter is a scalar (fixed), a list (a grid axis), or the W&B form
 ``{value: x}`` / ``{values: [...]}``. ``expand`` turns a validated spec into
 trial rows; ``count_trials`` knows the count without expanding. Sub-grids,
-distributions, search methods and pruners are in ``app/search_spec.py``.
+distributions, search methods and pruners are in ``app/search_spec.py``; the metric,
+``select_epoch`` and ``early_stopping`` in ``app/metric_spec.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from app.edge_types import NotBool, Text
+from app.metric_spec import EarlyStopping, MetricSpec, metric_errors, resolve_metric
 from app.search_spec import (
     Method,
     PrunerSpec,
@@ -39,7 +41,7 @@ from app.search_spec import (
     one_or_more_grids,
     space_size,
 )
-from gridsweep.vocab import ACTIVATIONS, CLASSIFICATION_METRICS, OPTIMIZERS, resolve_loss
+from gridsweep.vocab import ACTIVATIONS, OPTIMIZERS, resolve_loss
 
 # Axis order is the expansion order; seeds vary fastest.
 AXES = (
@@ -149,21 +151,6 @@ class Parameters(BaseModel):
         return values
 
 
-class MetricSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["val_loss", "val_error", "val_accuracy"] = "val_loss"
-    goal: Literal["minimize", "maximize"] | None = None
-    # Optional gate for CI: the best metric must be on the goal's side of it.
-    threshold: Real | None = None
-
-    @model_validator(mode="after")
-    def _default_goal(self) -> MetricSpec:
-        if self.goal is None:
-            self.goal = "maximize" if self.name == "val_accuracy" else "minimize"
-        return self
-
-
 class SplitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -222,6 +209,10 @@ class SweepSpec(BaseModel):
     max_trials: int | None = Field(None, ge=1)
     sampler_seed: int = Field(0, ge=0, le=2**31 - 1)
     pruner: PrunerSpec | None = None
+    # A trial's score is its best epoch's value of the metric (and that epoch's weights are
+    # kept), or its last epoch's.
+    select_epoch: Literal["best", "last"] = "best"
+    early_stopping: EarlyStopping | None = None
 
     @property
     def grids(self) -> list[Parameters]:
@@ -361,15 +352,8 @@ def validate_spec(
     spec: SweepSpec, facts: DataFacts, max_trials: int, max_epochs: int, max_parameters: int
 ) -> int:
     """Check what depends on the dataset and the limits; return the trial count."""
-    errors: list[dict[str, Any]] = []
-    if facts.task == "regression" and spec.metric.name in CLASSIFICATION_METRICS:
-        errors.append(
-            {
-                "loc": ("metric", "name"),
-                "msg": f"{spec.metric.name} needs a classification dataset; "
-                f"{spec.dataset!r} is a regression dataset (use val_loss)",
-            }
-        )
+    resolve_metric(spec, facts)
+    errors = metric_errors(spec, facts)
     grids = spec.grids
     for gi, grid in enumerate(grids):
         one = spec.model_copy(update={"parameters": checkable(grid)})

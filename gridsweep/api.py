@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gridsweep.client import ApiClient, ApiError
 from gridsweep.specfile import SpecFileError, load_spec_file
 from gridsweep.tables import columns, metric_columns, param_columns, trial_row
+from gridsweep.vocab import EPOCH_METRICS, TEST_METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -357,12 +358,4 @@ class Sweep:
 
 
 # Metric columns of an empty DataFrame (when there is no trial to read the API's fields from).
-_KNOWN_METRICS = (
-    "train_loss",
-    "val_loss",
-    "val_error",
-    "val_accuracy",
-    "test_loss",
-    "test_error",
-    "test_accuracy",
-)
+_KNOWN_METRICS = (*EPOCH_METRICS, *TEST_METRICS)

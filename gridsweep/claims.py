@@ -30,6 +30,10 @@ class Claim:
     data_hash: str | None = None  # the uploaded dataset's fingerprint, to check the cache against
     upload_model: str | None = None  # "best" | "refit": upload the trained model before completing
     rungs: tuple[int, ...] | list[int] = ()  # epochs the sweep's pruner judges: wait for its answer
+    metric: str = "val_loss"  # the sweep's metric (gridsweep.vocab.METRICS_BY_TASK): picks the epoch
+    goal: str = "minimize"  # "minimize" | "maximize"
+    select_epoch: str = "best"  # "best" | "last": the epoch whose metrics and weights are kept
+    early_stopping: dict[str, Any] | None = None  # {"patience": n >= 1, "min_delta": d >= 0}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Claim:

@@ -15,6 +15,8 @@ from typing import Any
 HEAD = ("id", "role", "config_index", "seed", "status")
 TAIL = (
     "epochs_done",
+    "best_epoch",
+    "stopped_epoch",
     "duration_seconds",
     "wall_seconds",
     "attempt",

@@ -153,6 +153,7 @@ def run_trials(
 FINISHED_SPEC = {
     "name": "moons-grid",
     "dataset": "moons",
+    "metric": "val_loss",  # the test plays the worker and reports val_loss: rank by it
     "parameters": {
         "layers": [1, 2],
         "hidden_units": [8, 32, 128],
@@ -174,7 +175,12 @@ RUNNING_SPEC = {
     },
 }
 
-QUEUED_SPEC = {"name": "single-config", "dataset": "digits", "parameters": {"hidden_units": 32, "epochs": 3}}
+QUEUED_SPEC = {
+    "name": "single-config",
+    "dataset": "digits",
+    "metric": "val_loss",
+    "parameters": {"hidden_units": 32, "epochs": 3},
+}
 
 
 def finished_outcome(t: Trial) -> Outcome:

@@ -20,7 +20,8 @@ Curve = Callable[[dict[str, Any], int], list[float]]  # (params, seed) -> the me
 
 
 def new_sweep(database: Database, settings: Settings, **raw: Any) -> int:
-    spec = SweepSpec.model_validate({"name": "t", "dataset": "moons", **raw})
+    # The tests play the worker and report val_loss: the sweeps rank by it (not moons' default).
+    spec = SweepSpec.model_validate({"name": "t", "dataset": "moons", "metric": "val_loss", **raw})
     with database.session() as s:
         return create_sweep(s, spec, settings).id
 

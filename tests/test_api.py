@@ -9,7 +9,8 @@ import httpx
 
 from tests.conftest import Server
 
-SPEC = {"name": "api", "dataset": "moons", "parameters": {"epochs": 2}}
+# The tests play the worker and report val_loss: the sweeps rank by it (moons' default is val_error).
+SPEC = {"name": "api", "dataset": "moons", "metric": "val_loss", "parameters": {"epochs": 2}}
 
 
 def post_spec(http: httpx.Client, body: Any) -> httpx.Response:
@@ -159,7 +160,8 @@ def test_sweeps_trials_best_leaderboard_and_cancel(server: Server) -> None:
     assert (
         s["status"] == "running"
         and s["n_trials"] == 6
-        and s["metric"] == {"name": "val_loss", "goal": "minimize"}
+        and {k: s["metric"][k] for k in ("name", "goal", "units", "select_epoch")}
+        == {"name": "val_loss", "goal": "minimize", "units": "the trial's loss", "select_epoch": "best"}
     )
     assert {k: v for k, v in s["counts"].items() if v} == {"queued": 2, "succeeded": 3, "failed": 1}
     assert s["progress"] == 4 / 6 and s["best"]["config_index"] == 1

@@ -48,6 +48,7 @@ def test_test_numbers_models_refit_and_reruns(client: TestClient) -> None:
     spec = {
         "name": "s",
         "dataset": "moons",
+        "metric": "val_loss",  # the test plays the worker and reports val_loss: rank by it
         "parameters": {"hidden_units": [4, 8]},
         "seeds": [0, 1],
         "refit": True,

@@ -24,7 +24,7 @@ from app.spec import SweepSpec
 def _sweep(database: Database, n: int, attempts: int = 3) -> list[int]:
     lrs = [round(0.001 * (i + 1), 6) for i in range(n)]
     spec = SweepSpec.model_validate(
-        {"name": "acct", "dataset": "moons", "parameters": {"learning_rate": lrs}}
+        {"name": "acct", "dataset": "moons", "metric": "val_loss", "parameters": {"learning_rate": lrs}}
     )
     with database.session() as s:
         sid = create_sweep(s, spec, Settings(max_attempts=attempts)).id

@@ -55,7 +55,7 @@ def test_run_moons_example_reaches_95_percent_validation_accuracy(tmp_path: Path
     assert accuracy >= 0.95
     assert len(board) == 10 and board[0]["config_index"] == best["config_index"]
     assert [e["mean"] for e in board] == sorted(e["mean"] for e in board)  # val_loss: lower is better
-    assert set(best["test"]) == {"test_loss", "test_error", "test_accuracy"}
+    assert set(best["test"]) == {"test_loss", "test_error", "test_accuracy", "test_log_loss"}
 
 
 def test_run_rejects_a_bad_spec_file_with_exit_code_2_and_the_field_path(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_submit_wait_status_and_best_against_a_server(
     r = gridsweep("best", str(sid), "--server", server.url, "--json")
     assert r.returncode == 0
     assert json.loads(r.stdout) == server.http.get(f"/api/v1/sweeps/{sid}/best").json()
-    assert set(json.loads(r.stdout)["test"]) == {"test_loss", "test_error", "test_accuracy"}
+    assert set(json.loads(r.stdout)["test"]) == {"test_loss", "test_error", "test_accuracy", "test_log_loss"}
 
     # Rejected by the API once it has looked the dataset up: still exit 2 and the field path.
     wrong = {**SMALL, "dataset": "friedman1", "metric": {"name": "val_accuracy"}}

@@ -25,7 +25,14 @@ site, own_site, browse = dashboard.site, dashboard.own_site, dashboard.browse
 def epoch(live: Site, trial: tuple[int, str, str], n: int, val_loss: float) -> str:
     """A worker reports epoch ``n`` of a seeded running trial; returns the API's word on it."""
     trial_id, token, worker_id = trial
-    report = {"trial_id": trial_id, "lease_token": token, "epoch": n, "val_loss": val_loss}
+    # A worker reports every metric; the curves draw the sweep's (the seeded running sweep: val_accuracy).
+    report = {
+        "trial_id": trial_id,
+        "lease_token": token,
+        "epoch": n,
+        "val_loss": val_loss,
+        "val_accuracy": 1 - val_loss / 2,
+    }
     r = live.server.http.post(f"/api/v1/workers/{worker_id}/epochs", json={"reports": [report]})
     r.raise_for_status()
     return r.json()["states"][str(trial_id)]
@@ -154,7 +161,14 @@ def test_a_sweep_whose_trials_all_run_draws_their_curves_and_no_infinity(
     held = http.post(f"/api/v1/workers/{wid}/claim", json={"max_trials": 4}).json()["trials"]
     assert len(held) == 4 and {t["sweep_id"] for t in held} == {sid}
     reports = [
-        {"trial_id": t["trial_id"], "lease_token": t["lease_token"], "epoch": e, "val_loss": 1.0 / e}
+        # val_error: the sweep's metric (moons' default), what the curves draw.
+        {
+            "trial_id": t["trial_id"],
+            "lease_token": t["lease_token"],
+            "epoch": e,
+            "val_loss": 1.0 / e,
+            "val_error": 0.5 / e,
+        }
         for t in held
         for e in range(1, 238)
     ]

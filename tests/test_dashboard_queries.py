@@ -46,6 +46,7 @@ def test_trials_sort_by_a_parameter_by_its_value(database: Database, settings: S
     spec = {
         "name": "widths",
         "dataset": "moons",
+        "metric": "val_loss",  # the test plays the worker and reports val_loss: rank by it
         "seeds": [0, 1],
         "parameters": {"layers": [1, 2], "hidden_units": [100, 9, [20, 5], 30], "learning_rate": [0.1, 0.02]},
     }

@@ -113,8 +113,8 @@ def test_uploaded_csv_sweep_models_and_rerun(
     assert sweep["status"] == "succeeded", sweep
     assert sweep["error"] is None
     best = sweep["best"]
-    assert set(best["test"]) == {"test_loss", "test_error", "test_accuracy"}
-    assert set(best["refit_test"]) == {"test_loss", "test_error", "test_accuracy"}
+    assert set(best["test"]) == {"test_loss", "test_error", "test_accuracy", "test_log_loss"}
+    assert set(best["refit_test"]) == {"test_loss", "test_error", "test_accuracy", "test_log_loss"}
     assert [s["seed"] for s in best["test_per_seed"]] == [0, 1] == [s["seed"] for s in best["refit_per_seed"]]
 
     # Test numbers exist only for the final and refit trials; every trial records how to rerun it.

@@ -103,7 +103,7 @@ def test_a_full_sweep_with_two_workers(
     board = http.get(f"/api/v1/sweeps/{sid}/leaderboard").json()
     assert best["config_index"] == board[0]["config_index"] and best["validation"]["mean"] == board[0]["mean"]
     assert best["validation"]["mean"] == max(e["mean"] for e in board) and best["n_seeds"] == 2
-    assert set(best["test"]) == {"test_loss", "test_error", "test_accuracy"}
+    assert set(best["test"]) == {"test_loss", "test_error", "test_accuracy", "test_log_loss"}
     assert best["test"]["test_accuracy"] == pytest.approx(1 - best["test"]["test_error"])
     assert sorted(p["seed"] for p in best["test_per_seed"]) == [0, 1]
     finals = trials(http, sid, role="final")

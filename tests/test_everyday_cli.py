@@ -75,12 +75,15 @@ def test_sweeps_cancel_delete_export_trials_trial(server: Server, tmp_path: Path
         "(UTC)",
         "duration",
     ]
-    assert row.split()[:5] == [str(sid), "everyday", "moons", "running", "2/12"] and "val_loss 0.4050" in row
+    assert row.split()[:5] == [str(sid), "everyday", "moons", "running", "2/12"]
+    assert "val_error 0.1000 (error, fraction)" in row  # moons ranks by its default metric, with units
 
     r = cli("trials", str(sid), "--status", "succeeded", *url)
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["id", "config", "seed", "params", "status", "val_loss", "epochs", "duration"]
+    metric = ["val_error", "(error,", "fraction)"]
+    head = ["id", "config", "seed", "params", "status", *metric, "epochs", "duration"]
+    assert lines[0].split() == head
     assert [ln.split()[0] for ln in lines[2:]] == [str(t["trial_id"]) for t in done]
     assert "2 of 2 search trials" in r.stderr and "4/4" in lines[2] and "0.25s" in lines[2]
 
@@ -230,7 +233,7 @@ def test_run_draws_a_bar_on_a_terminal_and_json_has_submits_shape(tmp_path: Path
     os.close(leader)
     assert "\x1b[" in screen and "\u2501" in screen  # ANSI and Rich's bar
     assert "sweep 1" in screen and "trials" in screen and "epochs " in screen and "ETA" in screen
-    assert "2/2" in screen and "best val_loss" in screen
+    assert "2/2" in screen and "best val_error" in screen  # moons' default metric
     result = json.loads(stdout)
     assert result["status"] == "succeeded" and result["verdict"] == "succeeded" and result["exit_code"] == 0
     assert set(result) == {
@@ -269,9 +272,15 @@ def test_submit_wait_prints_the_leaderboard_json_shape_and_ctrl_c(
     r = gridsweep("submit", str(spec), "--server", server.url, "--wait", "--top", "1", "--poll", "0.3")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[1].startswith(f"sweep {sid + 1} succeeded: 2/2 trials done, epochs 6/6, best val_loss ")
-    assert lines[2].split() == ["rank", "hidden_units", "val_loss", "(mean", "±", "std)", "seeds"]
-    assert lines[4].split()[0] == "1" and lines[5].startswith("best config (trial ")
+    assert lines[1].startswith(f"sweep {sid + 1} succeeded: 2/2 trials done, epochs 6/6, best val_error ")
+    assert "(error, fraction)" in lines[1]
+    head = ["rank", "hidden_units", "val_error", "(mean", "±", "std;", "error,", "fraction)", "seeds"]
+    assert lines[2].split() == head
+    assert lines[4].split()[0] == "1" and lines[6].startswith("best config (trial ")
+    assert lines[5] == (
+        "ranked by val_error (error, fraction, minimize), ties broken by val_log_loss; "
+        "each trial scored at its best epoch"
+    )
     # Off a terminal: one plain line per finished trial, no ANSI.
     assert "[1/2] trial " in r.stderr and "\x1b[" not in r.stderr
     r = gridsweep("submit", str(spec), "--server", server.url, "--wait", "--json", "--poll", "0.3")

@@ -26,6 +26,7 @@ def spec(**raw: Any) -> SweepSpec:
     base = {
         "name": "t",
         "dataset": "moons",
+        "metric": "val_loss",  # the test plays the worker and reports val_loss: rank by it
         "seeds": [0, 1],
         "parameters": {"learning_rate": [0.01, 0.1], "epochs": 1},
     }

@@ -141,6 +141,7 @@ def test_the_api_answer_and_dry_run_count_configs(database: Database, settings: 
         {
             "name": "t",
             "dataset": "moons",
+            "metric": "val_loss",  # the test plays the worker and reports val_loss: rank by it
             "method": "tpe",
             "max_trials": 25,
             "seeds": [0, 1],

@@ -266,9 +266,62 @@ def test_wandb_forms_equal_the_plain_forms() -> None:
 
 
 def test_metric_goal_defaults_by_metric() -> None:
-    assert spec().metric.name == "val_loss" and spec().metric.goal == "minimize"
     assert spec(metric={"name": "val_accuracy"}).metric.goal == "maximize"
     assert spec(metric={"name": "val_error"}).metric.goal == "minimize"
+    assert spec(metric={"name": "val_r2"}).metric.goal == "maximize"
+    assert spec(metric={"name": "val_rmse"}).metric.goal == "minimize"
+
+
+def test_the_default_metric_is_the_tasks_and_every_loss_shares_it() -> None:
+    # No metric named: filled in once the dataset's task is known.
+    assert spec().metric.name is None
+    s = spec()
+    validate_spec(s, MOONS, 100, 100, 10**8)
+    assert (s.metric.name, s.metric.goal) == ("val_error", "minimize")
+    r = spec(dataset="friedman1", parameters={"loss": ["mse", "huber"]})
+    validate_spec(r, REGRESSION, 100, 100, 10**8)
+    assert (r.metric.name, r.metric.goal) == ("val_rmse", "minimize")
+    assert r.model_dump(mode="json")["metric"]["name"] == "val_rmse"  # the stored spec names it
+    assert (s.select_epoch, s.early_stopping) == ("best", None)
+
+
+def test_val_loss_over_a_loss_grid_is_refused_naming_metric() -> None:
+    errs = spec_errors(
+        spec(dataset="friedman1", metric="val_loss", parameters={"loss": ["mse", "huber"]}), REGRESSION
+    )
+    msg = errs["metric.name"]
+    assert "different scales" in msg and "huber, mse" in msg and "val_rmse" in msg
+    # One loss: val_loss is on one scale, and allowed.
+    assert validate_spec(spec(dataset="friedman1", metric="val_loss", parameters={"loss": "huber"}),
+                         REGRESSION, 100, 100, 10**8) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "piece"),
+    [
+        ({"select_epoch": "first"}, "select_epoch", "best, last"),
+        ({"early_stopping": {"patience": 0}}, "early_stopping.patience", "1"),
+        ({"early_stopping": {"patience": 3, "min_delta": -0.1}}, "early_stopping.min_delta", "0"),
+        ({"early_stopping": {"patience": 2.5}}, "early_stopping.patience", ""),
+        ({"early_stopping": {"min_delta": 0.1}}, "early_stopping.patience", ""),
+        ({"early_stopping": {"patience": 3, "delta": 0.1}}, "early_stopping.delta", "min_delta"),
+        ({"metric": "val_mse"}, "metric.name", "val_rmse"),
+    ],
+)
+def test_bad_epoch_rules_are_refused_with_their_path(raw: dict, path: str, piece: str) -> None:
+    errors = dict(rejected(raw))
+    assert path in errors, errors
+    assert piece in errors[path]
+
+
+def test_early_stopping_on_a_metric_the_task_lacks_is_refused() -> None:
+    s = spec(metric="val_rmse", early_stopping={"patience": 2})
+    errs = spec_errors(s, MOONS)
+    assert "classification dataset" in errs["metric.name"]
+    assert "val_rmse does not exist" in errs["early_stopping"]
+    ok = spec(early_stopping={"patience": 2, "min_delta": 0.01}, select_epoch="last")
+    assert validate_spec(ok, MOONS, 100, 100, 10**8) == 1
+    assert ok.early_stopping is not None and ok.early_stopping.patience == 2
 
 
 def test_per_layer_widths_are_accepted_and_fix_their_depth() -> None:
@@ -531,3 +584,17 @@ def test_a_range_is_checked_at_its_ends() -> None:
         method="tpe", max_trials=4, parameters={"layers": {"min": 1, "max": 3}, "hidden_units": [[8, 8], 16]}
     )
     assert validate_spec(ok, MOONS, 10_000, 10_000, 10**8) == 4  # [8, 8] fits depth 2 of 1..3: 4 configs
+
+
+def test_the_json_schema_has_the_epoch_rules_and_every_metric() -> None:
+    from app.cli.spec_schema import spec_json_schema
+
+    s = spec_json_schema()
+    props = s["properties"]
+    assert props["select_epoch"]["enum"] == ["best", "last"] and props["select_epoch"]["default"] == "best"
+    es = s["$defs"]["EarlyStopping"]
+    assert es["properties"]["patience"]["minimum"] == 1 and es["properties"]["min_delta"]["minimum"] == 0
+    assert es["required"] == ["patience"]
+    short = props["metric"]["anyOf"][0]
+    assert {"val_rmse", "val_error", "val_log_loss", "val_r2"} <= set(short["enum"])
+    assert "val_rmse (regression)" in props["metric"]["description"]

@@ -29,7 +29,9 @@ from app.spec import SweepSpec
 
 
 def new_sweep(database: Database, settings: Settings, **raw: Any) -> int:
-    spec = SweepSpec.model_validate({"name": "t", "dataset": "moons", **raw})
+    # These tests play the worker and report val_loss: the sweeps rank by it (the default for
+    # moons, val_error, is checked in tests/test_metric_e2e.py).
+    spec = SweepSpec.model_validate({"name": "t", "dataset": "moons", "metric": "val_loss", **raw})
     with database.session() as s:
         return create_sweep(s, spec, settings).id
 

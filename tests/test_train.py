@@ -256,7 +256,7 @@ def test_every_activation_optimizer_loss_learns(activation: str, optimizer: str)
             assert r.metrics["val_accuracy"] >= 0.8, (loss, r.metrics)
             assert r.metrics["val_error"] == pytest.approx(1 - r.metrics["val_accuracy"])
         else:
-            assert set(r.metrics) == {"train_loss", "val_loss"}
+            assert set(r.metrics) == {"train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"}
             assert r.epochs[-1].val_error is None and r.epochs[-1].val_accuracy is None
 
 
@@ -340,13 +340,15 @@ def test_on_epoch_can_cancel() -> None:
 def test_evaluate_test_metrics() -> None:
     d = easy("mc")
     r = train_trial(cfg_(epochs=5, loss="cross_entropy"), d, evaluate_test=True)
-    assert r.test_metrics is not None and set(r.test_metrics) == {"test_loss", "test_error", "test_accuracy"}
+    want = {"test_loss", "test_error", "test_accuracy", "test_log_loss"}
+    assert r.test_metrics is not None and set(r.test_metrics) == want
     assert r.model is not None
     direct = evaluate(r.model, d.X_test, d.y_test, "cross_entropy", d.task)
     assert r.test_metrics["test_loss"] == direct["loss"]
     assert r.test_metrics["test_error"] == pytest.approx(1 - r.test_metrics["test_accuracy"])
     reg = train_trial(cfg_(epochs=2), easy("reg"), evaluate_test=True)
-    assert reg.test_metrics is not None and set(reg.test_metrics) == {"test_loss"}
+    assert reg.test_metrics is not None
+    assert set(reg.test_metrics) == {"test_loss", "test_rmse", "test_mae", "test_r2"}
     assert train_trial(cfg_(epochs=1), easy("reg")).test_metrics is None
 
 

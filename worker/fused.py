@@ -44,7 +44,11 @@ device type, not on the other trials, K, the block or the CPU part it lands in):
 * Reductions: per trial, over its own rows or units (the same lengths in any pack);
   validation is summed over chunks whose rows depend on the width only (``evaluate_block``);
   every loss metric is the per-row (or per-batch) losses in the training dtype summed in
-  float64 and divided in float64.
+  float64 and divided in float64; the regression errors (rmse, mae, r2) are each trial's row of
+  a ``[K, rows]`` float64 buffer of exact terms, summed alike (``worker.metrics``).
+* Leaving: a trial that is done, diverged, canceled, pruned or stopped early leaves its block
+  (``Block.keep``: its rows are dropped from the weights and the optimizer state), which changes
+  nothing for the others; its selected epoch's weights are its own row, saved and put back.
 * Threads: on a CPU every part trains on one torch thread (``worker.fused_packs``), since how
   a kernel splits its work among threads changes its rounding.
 
@@ -71,17 +75,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 
 from gridsweep.vocab import TrialConfig, resolve_loss
-from worker.fused_model import Block, evaluate_block, pack_losses
+from worker.fused_model import Block, BlockEval, evaluate_block, pack_losses
 from worker.fused_opt import StackedOptimizer
+from worker.metrics import EpochMetrics, TrialResult, selected_metrics, split_metrics, target_sst
 from worker.packing import plan_blocks
-from worker.train import (
-    EpochMetrics,
-    TensorSplit,
-    TrialResult,
-    _final_metrics,
-    epoch_permutation,
-    n_outputs_for,
-)
+from worker.selection import LAST, Selection, Tracker
+from worker.train import TensorSplit, epoch_permutation, n_outputs_for
 
 OnEpoch = Callable[[int, dict[int, EpochMetrics]], Mapping[int, str] | None]
 OnFinish = Callable[[dict[int, TrialResult]], None]
@@ -127,6 +126,7 @@ def train_pack(
     allow_tf32: bool = False,
     on_step: OnStep | None = None,
     should_stop: Callable[[], bool] | None = None,
+    selections: Sequence[Selection] | None = None,
 ) -> list[TrialResult]:
     """Train every config of ``cfgs`` at once; the results are in the order of ``cfgs``.
 
@@ -143,6 +143,13 @@ def train_pack(
     * ``on_step(epoch, [i...], losses)`` after every step (tests: per-step losses).
     * ``should_stop()`` before every step: True raises ``PackStopped`` (a worker that is
       shutting down stops within one step, not one epoch).
+
+    ``selections`` (one per config; default: the last epoch, no early stopping) pick each
+    trial's epoch and stop it early, as ``train_trial`` does (``worker.selection``): a trial's
+    selected weights are a copy of its row of the block's buffer taken when the epoch was
+    selected, put back when it leaves (its model and test metrics are that epoch's); an
+    early-stopped trial leaves the pack ``succeeded`` like a pruned one leaves it ``canceled``,
+    so the pack shrinks and its mates train on with the numbers they get in any pack.
 
     A trial's ``duration_seconds`` is its share of the pack's wall time: each epoch's time
     split among the trials that trained in it by their size (their block's weights and
@@ -167,6 +174,7 @@ def train_pack(
             keep_models,
             on_step,
             should_stop,
+            list(selections) if selections is not None else [LAST] * len(cfgs),
         )
 
 
@@ -197,9 +205,12 @@ def _train_pack(
     keep_models: bool,
     on_step: OnStep | None,
     should_stop: Callable[[], bool] | None,
+    selections: list[Selection],
 ) -> list[TrialResult]:
     t0 = time.perf_counter()
     loss_name = _check_pack(cfgs, data)
+    if len(selections) != len(cfgs):
+        raise ValueError(f"{len(selections)} selections for {len(cfgs)} trials")
     first = cfgs[0]
     device, dtype = data.device, data.dtype
     n_out = n_outputs_for(loss_name, data.n_classes)
@@ -215,30 +226,62 @@ def _train_pack(
     history: list[list[EpochMetrics]] = [[] for _ in cfgs]
     busy = [(time.perf_counter() - t0) / len(cfgs)] * len(cfgs)
     results: dict[int, TrialResult] = {}
+    # A refit has no validation split of its own: its last epoch, never stopped early.
+    trackers = [Tracker(s.for_refit() if train_on_validation else s) for s in selections]
+    stopped: dict[int, int] = {}  # early stopping: trial -> the epoch after which it stopped
+    regression = data.task == "regression"
+    sst = {"val": target_sst(data.y_val), "test": target_sst(data.y_test)} if regression else {}
 
-    def leave(out: dict[int, tuple[str, str | None]], last: bool) -> None:
+    def metrics_of(ev: BlockEval, n: int, split: str) -> list[dict[str, float]]:
+        """Each trial's metrics on a split from its block's sums (``split_metrics``): one copy
+        to the host per block."""
+        loss_sum = ev.loss_sum.tolist()
+        if not regression:
+            assert ev.correct is not None
+            pairs = zip(loss_sum, ev.correct.tolist(), strict=True)
+            return [split_metrics(data.task, loss_name, n, v, correct=c) for v, c in pairs]
+        assert ev.sse is not None and ev.sae is not None
+        sums = zip(loss_sum, ev.sse.tolist(), ev.sae.tolist(), strict=True)
+        return [
+            split_metrics(data.task, loss_name, n, v, sse=q, sae=a, sst=sst[split], y_std=data.y_std)
+            for v, q, a in sums
+        ]
+
+    def leave(out: dict[int, tuple[str, str | None]]) -> None:
         """Finish the trials in ``out`` ({i: (status, error)}) and take them out of the pack."""
         nonlocal blocks
         done: dict[int, TrialResult] = {}
         for blk in blocks:
             gone = [j for j, i in enumerate(blk.ids) if i in out]
+            chosen: dict[int, int] = {}  # the epoch each leaving trial keeps
+            for j in gone:
+                i = blk.ids[j]
+                diverged = out[i][0] == "diverged"  # ranks last: its last (non-finite) epoch stands
+                chosen[j] = len(history[i]) if diverged else trackers[i].selected_epoch
+            # The selected epoch's weights back in the buffer: the model and test metrics are its.
+            blk.restore(
+                [
+                    j
+                    for j in gone
+                    if out[blk.ids[j]][0] != "diverged" and chosen[j] != len(history[blk.ids[j]])
+                ]
+            )
             test = None
-            if evaluate_test and last and any(out[blk.ids[j]][0] == "succeeded" for j in gone):
-                test = evaluate_block(blk, data.X_test, data.y_test, loss_name, data.task)
+            if evaluate_test and any(out[blk.ids[j]][0] == "succeeded" for j in gone):
+                ev = evaluate_block(blk, data.X_test, data.y_test, loss_name, data.task)
+                test = metrics_of(ev, data.X_test.shape[0], "test")
             for j in gone:
                 i = blk.ids[j]
                 status, error = out[i]
                 eps = history[i]
                 r = TrialResult(status=status, epochs=eps, error=error, duration_seconds=busy[i])
-                r.metrics = _final_metrics(eps[-1]) if eps else {}
+                r.metrics = selected_metrics(eps, chosen[j])
+                r.best_epoch = chosen[j] if eps else None
+                r.stopped_epoch = stopped.get(i)
                 if keep_models and status in ("succeeded", "canceled"):
                     r.model = blk.model(j, data.n_features, n_out)
                 if test is not None and status == "succeeded":
-                    tm = {"loss": float(test[0][j])}
-                    if test[1] is not None:
-                        tm["accuracy"] = float(test[1][j])
-                        tm["error"] = 1.0 - tm["accuracy"]
-                    r.test_metrics = {f"test_{k}": v for k, v in tm.items()}
+                    r.test_metrics = {f"test_{k}": v for k, v in test[j].items()}
                 done[i] = r
             if gone:
                 blk.keep([j for j in range(blk.K) if blk.ids[j] not in out])
@@ -271,33 +314,47 @@ def _train_pack(
             if on_step is not None:
                 on_step(epoch, ids, losses)
         train_loss = (total / n_fit).tolist()
-        evals = [evaluate_block(b, data.X_val, data.y_val, loss_name, data.task) for b in blocks]
-        val_loss = torch.cat([e[0] for e in evals]).tolist()
-        acc = torch.cat([e[1] for e in evals]).tolist() if data.task == "classification" else None
-        per_weight = (time.perf_counter() - te) / max(1, sum(cost.values()))
-
+        n_val = data.X_val.shape[0]
         out: dict[int, tuple[str, str | None]] = {}
         fine: dict[int, EpochMetrics] = {}
-        for j, i in enumerate(ids):
-            busy[i] += per_weight * cost[i]
-            a = None if acc is None else acc[j]
-            m = EpochMetrics(epoch, train_loss[j], val_loss[j], None if a is None else 1.0 - a, a)
-            history[i].append(m)
-            bad = [(w, v) for w, v in (("train", m.train_loss), ("val", m.val_loss)) if not math.isfinite(v)]
-            if bad:
-                out[i] = ("diverged", f"{bad[0][0]} loss became {bad[0][1]} in epoch {epoch}")
-            else:
+        stops: list[int] = []
+        k = 0
+        for b in blocks:
+            val = metrics_of(evaluate_block(b, data.X_val, data.y_val, loss_name, data.task), n_val, "val")
+            keep: list[int] = []  # positions in b whose epoch is selected so far: save their weights
+            for j, i in enumerate(b.ids):
+                m = EpochMetrics.of(epoch, train_loss[k], val[j])
+                k += 1
+                history[i].append(m)
+                checks = (("train", m.train_loss), ("val", m.val_loss))
+                bad = [(w, v) for w, v in checks if not math.isfinite(v)]
+                if bad:
+                    out[i] = ("diverged", f"{bad[0][0]} loss became {bad[0][1]} in epoch {epoch}")
+                    continue
                 fine[i] = m
+                save, stop = trackers[i].update(epoch, m.value(trackers[i].sel.metric))
+                if save:
+                    keep.append(j)
+                if stop:
+                    stops.append(i)
+            b.snapshot(keep)
+        per_weight = (time.perf_counter() - te) / max(1, sum(cost.values()))
+        for i in ids:
+            busy[i] += per_weight * cost[i]
         if on_epoch is not None and fine:
             for i, decision in (on_epoch(epoch, fine) or {}).items():
                 if decision not in ("cancel", "drop"):
                     raise ValueError(f"on_epoch answered {decision!r} for trial {i} (use cancel or drop)")
                 out[i] = ("canceled", None) if decision == "cancel" else ("dropped", None)
         last = epoch == first.epochs
+        for i in stops:  # early stopping: done, the pack goes on without it
+            if i not in out and not last:
+                out[i] = ("succeeded", None)
+                stopped[i] = epoch
         if last:
             out.update({i: ("succeeded", None) for i in ids if i not in out})
         if out:
-            leave(out, last)
+            leave(out)
         if not blocks:
             break
     return [results[i] for i in range(len(cfgs))]

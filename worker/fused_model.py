@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from gridsweep.vocab import ACTIVATIONS, TrialConfig
+from worker.metrics import error_sums
 from worker.packing import padded_widths
 from worker.train import DROPOUT_SEED_OFFSET, build_model, init_linear_params
 
@@ -187,6 +188,9 @@ class Block:
                 self.unit_mask.append(None)
         self.dropout = BlockDropout(cfgs, widths, dtype, device) if any(c.dropout > 0 for c in cfgs) else None
         self.opt_state: dict[str, list[torch.Tensor]] = {}  # owned by StackedOptimizer
+        # The selected epoch's weights of each trial (``select_epoch: best``), rows like ``flat``:
+        # allocated at the first snapshot, a trial's row copied when its epoch is selected.
+        self.saved: torch.Tensor | None = None
 
     @property
     def K(self) -> int:
@@ -208,6 +212,8 @@ class Block:
         with torch.no_grad():
             self.flat = self.flat.index_select(0, idx)
             self.opt_state = {k: [t.index_select(0, idx) for t in v] for k, v in self.opt_state.items()}
+            if self.saved is not None:
+                self.saved = self.saved.index_select(0, idx)
         self.depth_mask = [None if m is None else m[kept] for m in self.depth_mask]
         self.unit_mask = [None if m is None else m[kept] for m in self.unit_mask]
         if self.dropout is not None:
@@ -215,6 +221,26 @@ class Block:
         self.ids = [self.ids[i] for i in kept]
         self.cfgs = [self.cfgs[i] for i in kept]
         self._view_params()
+
+    @torch.no_grad()
+    def snapshot(self, js: list[int]) -> None:
+        """Save the current weights of trials ``js`` (positions in this block): only their rows."""
+        if not js:
+            return
+        if self.saved is None:
+            self.saved = torch.empty_like(self.flat)
+        idx = torch.tensor(js, dtype=torch.long, device=self.flat.device)
+        self.saved.index_copy_(0, idx, self.flat.index_select(0, idx))
+
+    @torch.no_grad()
+    def restore(self, js: list[int]) -> None:
+        """Put the saved weights of trials ``js`` back (trials leaving the pack: their model and
+        test evaluation are the selected epoch's). Each must have been saved once."""
+        if not js:
+            return
+        assert self.saved is not None
+        idx = torch.tensor(js, dtype=torch.long, device=self.flat.device)
+        self.flat.index_copy_(0, idx, self.saved.index_select(0, idx))
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """``x [n, d]`` (shared by every trial) -> outputs ``[K, n, n_outputs]``."""
@@ -290,24 +316,43 @@ def eval_rows(width: int, K: int, device_type: str) -> int:
     return max(ROW_MULTIPLE, EVAL_TRIAL_ELEMENTS // width // ROW_MULTIPLE * ROW_MULTIPLE)
 
 
+class BlockEval(NamedTuple):
+    """A block's trials on a split, per trial (``[K]`` float64): the mean loss and accuracy as
+    before, and the float64 sums ``worker.metrics.split_metrics`` turns into every metric."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor | None  # classification
+    loss_sum: torch.Tensor
+    correct: torch.Tensor | None  # classification
+    sse: torch.Tensor | None  # regression: sum (out - y)^2, standardized units
+    sae: torch.Tensor | None  # regression: sum |out - y|
+
+
 @torch.no_grad()
-def evaluate_block(
-    block: Block, X: torch.Tensor, y: torch.Tensor, loss: str, task: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All trials of ``block`` on ``(X, y)`` in eval mode: (loss [K] float64, accuracy [K] or None).
+def evaluate_block(block: Block, X: torch.Tensor, y: torch.Tensor, loss: str, task: str) -> BlockEval:
+    """All trials of ``block`` on ``(X, y)`` in eval mode (``BlockEval``).
 
     The loss is the float64 sum of the per-row losses over chunks of ``eval_rows`` rows (each
     chunk summed in float64, the chunk sums added in order), divided by the rows: on a CPU
-    chunks of a width's fixed size, so a trial's validation loss is the same in any pack.
+    chunks of a width's fixed size, so a trial's validation loss is the same in any pack. The
+    regression error sums are taken alike (``worker.metrics.error_sums`` per chunk: each trial's
+    errors a contiguous row of a ``[K, rows]`` float64 buffer, exact per element, summed per row).
     """
     n = X.shape[0]
     rows = eval_rows(max(block.widths), block.K, X.device.type)
     total = torch.zeros(block.K, dtype=torch.float64, device=X.device)
     correct = torch.zeros_like(total) if task == "classification" else None
+    sse = None if task == "classification" else torch.zeros_like(total)
+    sae = None if sse is None else torch.zeros_like(total)
     for start in range(0, n, rows):
         out, yc = block.forward(X[start : start + rows], train=False), y[start : start + rows]
         total += pack_losses(out, yc, loss, mean=False)
         if correct is not None:
             pred = (out[:, :, 0] > 0).long() if loss == "bce" else out.argmax(dim=2)
             correct += (pred == yc).sum(dim=1, dtype=torch.float64)
-    return total / n, None if correct is None else correct / n
+        elif sse is not None and sae is not None:
+            sq, ab = error_sums(out[:, :, 0], yc[:, 0], dim=1)
+            sse += sq
+            sae += ab
+    acc = None if correct is None else correct / n
+    return BlockEval(total / n, acc, total, correct, sse, sae)

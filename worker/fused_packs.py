@@ -19,6 +19,7 @@ import torch
 from gridsweep.vocab import TrialConfig, resolve_loss
 from worker.fused import OnEpoch, OnFinish, PackStopped, train_pack
 from worker.packing import memory_budget, split_for_memory, split_for_threads
+from worker.selection import LAST, Selection
 from worker.train import EpochMetrics, TensorSplit, TrialResult, n_outputs_for
 
 
@@ -37,9 +38,12 @@ def train_packs(
     budget: int | None = None,
     on_epoch: OnEpoch | None = None,
     on_finish: OnFinish | None = None,
+    selections: Sequence[Selection] | None = None,
     **kw: Any,
 ) -> list[TrialResult]:
     """Train ``cfgs`` (one claimed pack) with ``train_pack``; results in the order of ``cfgs``.
+
+    ``selections``: one per config (``train_pack``), dealt to the parts with their trials.
 
     * On a CPU with ``threads > 1`` the pack is cut into ``threads`` interleaved parts
       (every architecture evenly spread), each trained by a thread of its own with one
@@ -57,6 +61,10 @@ def train_packs(
     """
     if not cfgs:
         return []
+    sels = list(selections) if selections is not None else [LAST] * len(cfgs)
+    if len(sels) != len(cfgs):
+        raise ValueError(f"{len(sels)} selections for {len(cfgs)} trials")
+    kw = {**kw, "selections": sels}
     with one_torch_thread(data.device):
         if threads > 1 and data.device.type == "cpu" and len(cfgs) > 1:
             return _in_threads(cfgs, data, threads, budget, on_epoch, on_finish, kw)
@@ -87,12 +95,14 @@ def train_one(
     train_on_validation: bool = False,
     should_stop: Callable[[], bool] | None = None,
     allow_tf32: bool = False,
+    selection: Selection = LAST,
 ) -> TrialResult:
     """One trial in the fused engine, as a pack of one, with ``worker.train.train_trial``'s
     interface and outcomes (``on_epoch`` returning True cancels; ``should_stop`` ends it
     ``stopped``; the model is kept). The worker trains a trial claimed alone (``--pack-size 1``,
     final and refit trials, a rerun) this way, so its numbers are bit for bit those it gets in
-    any pack; ``train_trial`` stays the reference the engine is tested against (round-off)."""
+    any pack; ``train_trial`` stays the reference the engine is tested against (round-off).
+    ``selection``: its epoch and early stopping (``worker.selection``)."""
 
     def pack_epoch(epoch: int, ms: dict[int, EpochMetrics]) -> dict[int, str]:
         return {0: "cancel"} if on_epoch is not None and 0 in ms and on_epoch(ms[0]) is True else {}
@@ -108,6 +118,7 @@ def train_one(
                 keep_models=True,
                 allow_tf32=allow_tf32,
                 should_stop=should_stop,
+                selections=[selection],
             )
     except PackStopped:
         return TrialResult(status="stopped")
@@ -135,6 +146,11 @@ def _remap(
     return part_epoch, part_finish
 
 
+def _part_kw(kw: dict[str, Any], part: list[int]) -> dict[str, Any]:
+    """``train_pack``'s keywords for the trials ``part`` (their own selections)."""
+    return {**kw, "selections": [kw["selections"][i] for i in part]}
+
+
 def _in_threads(
     cfgs: Sequence[TrialConfig],
     data: TensorSplit,
@@ -152,7 +168,7 @@ def _in_threads(
     def run(part: list[int]) -> None:
         try:
             ep, fin = _remap(part, on_epoch, on_finish, results)
-            _in_memory([cfgs[i] for i in part], data, share, ep, fin, kw)
+            _in_memory([cfgs[i] for i in part], data, share, ep, fin, _part_kw(kw, part))
         except BaseException as exc:
             errors.append(exc)
 
@@ -186,7 +202,8 @@ def _in_memory(
         part = queue.pop(0)
         part_epoch, part_finish = _remap(part, on_epoch, on_finish, results)
         try:
-            train_pack([cfgs[i] for i in part], data, on_epoch=part_epoch, on_finish=part_finish, **kw)
+            sub = [cfgs[i] for i in part]
+            train_pack(sub, data, on_epoch=part_epoch, on_finish=part_finish, **_part_kw(kw, part))
         except Exception as exc:
             rest = [i for i in part if i not in results]
             if not is_out_of_memory(exc):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from typing import Any
 
@@ -59,6 +60,9 @@ def model_files(
             "data_hash": info.data_hash,
             "split": claimed.split,
             "trained_on": "train+validation" if claimed.refit else "train",
+            "epoch": result.best_epoch,  # the weights are this epoch's (the selected one)
+            # that epoch's train_loss and val_* numbers (JSON has no NaN: a non-finite one is left out)
+            "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)},
             "test_metrics": result.test_metrics or {},
             "versions": versions(),
             **info.meta,

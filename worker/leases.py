@@ -128,6 +128,8 @@ def outcome(claim: Claim, repro: dict[str, Any], result: TrialResult) -> dict[st
         "status": result.status,
         "metrics": finite({**result.metrics, **(result.test_metrics or {})}),
         "epochs_done": len(result.epochs),
+        "best_epoch": result.best_epoch,  # the epoch whose metrics (and model) these are
+        "stopped_epoch": result.stopped_epoch,  # early stopping ended it after this epoch
         "error": result.error,
         "duration_seconds": result.duration_seconds,
     }

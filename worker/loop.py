@@ -40,6 +40,7 @@ from worker.handback import model_files, upload_model
 from worker.leases import Abandon, Held, PackHandle, TrialLost, failed, finite, outcome, repro_record
 from worker.pack_runner import run_packs
 from worker.packing import auto_pack_size, parse_pack_size
+from worker.selection import Selection
 from worker.train import EpochMetrics, select_device
 from worker.uploaded import UploadedDatasets
 
@@ -314,6 +315,7 @@ class Worker:
                 train_on_validation=c.refit,
                 should_stop=should_stop,
                 allow_tf32=self.allow_tf32,
+                selection=Selection.from_claim(c, data.task),
             )
             if result.status == "stopped":
                 raise TrialLost if tid in self.held.lost else Abandon

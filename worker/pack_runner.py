@@ -26,6 +26,7 @@ from worker.claiming import Stopping
 from worker.fused import PackStopped
 from worker.fused_packs import train_packs
 from worker.leases import Abandon, PackHandle, failed, finite, outcome, repro_record
+from worker.selection import Selection
 from worker.train import EpochMetrics, TrialResult
 
 log = logging.getLogger("gridsweep.worker")
@@ -167,10 +168,13 @@ def _run_group(h: PackHandle, claimed: list[Claim], reporter: Reporter) -> None:
     repro = repro_record(head, h.device_name, data_hash)  # the pack shares its data and split
     trials: list[Claim] = []
     cfgs: list[TrialConfig] = []
+    selections: list[Selection] = []
     bad: list[dict[str, Any]] = []
     for c in claimed:
         try:
-            cfgs.append(TrialConfig.from_params(c.params, c.seed, data.task, data.n_classes))
+            cfg = TrialConfig.from_params(c.params, c.seed, data.task, data.n_classes)
+            selections.append(Selection.from_claim(c, data.task))
+            cfgs.append(cfg)
             trials.append(c)
         except Exception as exc:  # one bad trial fails alone
             bad.append(failed(c, repro, exc))
@@ -219,6 +223,7 @@ def _run_group(h: PackHandle, claimed: list[Claim], reporter: Reporter) -> None:
             on_finish=on_finish,
             allow_tf32=h.allow_tf32,
             should_stop=should_stop,
+            selections=selections,
         )
     except PackStopped:
         raise Abandon from None  # Worker.run releases the pack's unfinished trials

@@ -37,7 +37,20 @@ Contracts (exact, so another implementation can reproduce a trial bit for bit):
   evaluated in eval mode (no dropout): val_loss (the per-row losses, in the training
   dtype, summed in float64 and divided by the rows), and for classification
   val_accuracy and val_error = 1 - val_accuracy (bce predicts class 1 iff logit > 0,
-  cross_entropy predicts the argmax). The result's ``metrics`` are the LAST epoch's.
+  cross_entropy predicts the argmax) and val_log_loss (the cross-entropy of the predicted
+  class probabilities in nats: both classification losses are that, so it is val_loss);
+  for regression, from the per-row errors ``d = out - y`` in the training dtype, taken to
+  float64 and squared / made absolute there, summed in float64: val_rmse =
+  ``sqrt(sum d^2 / n) * y_std`` and val_mae = ``sum |d| / n * y_std`` in the target's own
+  units (``y_std`` of the split's standardization), val_r2 = ``1 - sum d^2 / sum (y -
+  mean y)^2`` (scale free; NaN when the split's targets are constant). ``split_metrics``
+  turns the sums into the numbers on both paths. The test split gets the same set.
+* Selection (``worker.selection``): the result's ``metrics`` are the SELECTED epoch's (the
+  last by default; ``select_epoch="best"``: the best by the selection's metric, the earliest
+  on ties), ``best_epoch`` records it, and the model (and the test evaluation) holds that
+  epoch's weights (a state_dict snapshot taken when the epoch was selected). Early stopping
+  ends the trial ``succeeded`` after the epoch that runs out of patience (``stopped_epoch``).
+  With ``train_on_validation`` the selection is always the last epoch, never stopped early.
 * Divergence: a NaN/inf train or val loss ends the trial with status "diverged"
   (error "train loss became nan in epoch 3"); that epoch is kept in ``epochs`` and
   ``metrics`` (non-finite values included), ``on_epoch`` is not called for it, and
@@ -55,7 +68,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,6 +77,15 @@ from torch import nn
 
 from gridsweep.datasets import SplitData
 from gridsweep.vocab import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, resolve_loss
+from worker.metrics import (
+    EpochMetrics,
+    TrialResult,
+    error_sums,
+    selected_metrics,
+    split_metrics,
+    target_sst,
+)
+from worker.selection import LAST, Selection, Tracker
 
 DROPOUT_SEED_OFFSET = 1_000_003
 BATCH_SEED_MULTIPLIER = 1_000_003
@@ -97,6 +119,8 @@ class TensorSplit:
 
     X_*: ``[n, d]`` in the training dtype. y_*: int64 ``[n]`` class indices for
     classification, ``[n, 1]`` standardized targets in the training dtype for regression.
+    ``y_std``: regression's target scale (raw = standardized * y_std + y_mean), which turns
+    rmse and mae into the target's own units (None: classification, or standardized units).
     """
 
     X_train: torch.Tensor
@@ -109,6 +133,7 @@ class TensorSplit:
     n_classes: int
     n_features: int
     split_seed: int
+    y_std: float | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -144,6 +169,7 @@ def to_tensors(
         n_classes=split.n_classes,
         n_features=split.n_features,
         split_seed=int(split_seed),
+        y_std=split.y_std,
     )
 
 
@@ -276,8 +302,11 @@ def row_losses(out: torch.Tensor, y: torch.Tensor, loss: str, reduction: str = "
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, task: str) -> dict[str, float]:
-    """``{"loss"}`` plus ``"accuracy"`` and ``"error"`` for classification, in eval mode (no dropout)."""
+def evaluate(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, task: str, y_std: float | None = None
+) -> dict[str, float]:
+    """The split's metrics (``split_metrics``) in eval mode (no dropout): loss, and accuracy, error
+    and log_loss for classification, rmse, mae (in target units with ``y_std``) and r2 for regression."""
     was_training = model.training
     model.eval()
     try:
@@ -285,41 +314,19 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str, task
     finally:
         model.train(was_training)
     # The per-row losses (training dtype) summed in float64, as the fused engine does.
-    res = {"loss": float(row_losses(out, y, loss).sum(dtype=torch.float64)) / X.shape[0]}
+    loss_sum = float(row_losses(out, y, loss).sum(dtype=torch.float64))
+    n = X.shape[0]
     if task == "classification":
         pred = (out[:, 0] > 0).long() if loss == "bce" else out.argmax(dim=1)
-        acc = float((pred == y).double().mean())
-        res["accuracy"] = acc
-        res["error"] = 1.0 - acc
-    return res
+        correct = float((pred == y).sum(dtype=torch.float64))
+        return split_metrics(task, loss, n, loss_sum, correct=correct)
+    sse, sae = error_sums(out[:, 0], y[:, 0], dim=0)
+    return split_metrics(
+        task, loss, n, loss_sum, sse=float(sse), sae=float(sae), sst=target_sst(y), y_std=y_std
+    )
 
 
 # ----------------------------------------------------------------------------- training
-
-
-@dataclass
-class EpochMetrics:
-    epoch: int  # 1-based
-    train_loss: float
-    val_loss: float
-    val_error: float | None = None  # classification only
-    val_accuracy: float | None = None  # classification only
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class TrialResult:
-    # "succeeded" | "diverged" | "canceled" | "stopped"; fused packs also "failed", "dropped" and
-    # "out_of_memory" (a trial that does not fit this device even alone: to be retried elsewhere)
-    status: str
-    epochs: list[EpochMetrics] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    test_metrics: dict[str, float] | None = None
-    error: str | None = None
-    duration_seconds: float = 0.0
-    model: nn.Module | None = None
 
 
 def make_optimizer(cfg: TrialConfig, params: Any) -> torch.optim.Optimizer:
@@ -337,18 +344,6 @@ def make_optimizer(cfg: TrialConfig, params: Any) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (use one of {OPTIMIZERS})")
 
 
-def _epoch_metrics(epoch: int, train_loss: float, val: dict[str, float]) -> EpochMetrics:
-    return EpochMetrics(epoch, train_loss, val["loss"], val.get("error"), val.get("accuracy"))
-
-
-def _final_metrics(m: EpochMetrics) -> dict[str, float]:
-    out = {"train_loss": m.train_loss, "val_loss": m.val_loss}
-    if m.val_accuracy is not None and m.val_error is not None:
-        out["val_error"] = m.val_error
-        out["val_accuracy"] = m.val_accuracy
-    return out
-
-
 def train_trial(
     cfg: TrialConfig,
     data: TensorSplit,
@@ -357,6 +352,7 @@ def train_trial(
     evaluate_test: bool = False,
     train_on_validation: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    selection: Selection = LAST,
 ) -> TrialResult:
     """Train ``cfg`` on ``data`` for ``cfg.epochs`` epochs (see the module docstring for the exact rules)."""
     t0 = time.perf_counter()
@@ -375,15 +371,27 @@ def train_trial(
     n_fit = X_fit.shape[0]
 
     epochs: list[EpochMetrics] = []
+    tracker = Tracker(selection.for_refit() if train_on_validation else selection)
+    snapshot: dict[str, torch.Tensor] | None = None  # the selected epoch's weights (``best``)
 
-    def done(status: str, error: str | None = None, keep_model: bool = True) -> TrialResult:
+    def done(
+        status: str, error: str | None = None, keep_model: bool = True, stopped: int | None = None
+    ) -> TrialResult:
+        if status == "diverged":  # ranks last: its last (non-finite) epoch stands
+            chosen = len(epochs)
+        else:
+            chosen = tracker.selected_epoch
+            if keep_model and snapshot is not None and chosen != len(epochs):
+                model.load_state_dict(snapshot)  # the selected epoch's weights
         return TrialResult(
             status=status,
             epochs=epochs,
-            metrics=_final_metrics(epochs[-1]) if epochs else {},
+            metrics=selected_metrics(epochs, chosen),
             error=error,
             duration_seconds=time.perf_counter() - t0,
             model=model if keep_model else None,
+            best_epoch=chosen if epochs else None,
+            stopped_epoch=stopped,
         )
 
     for epoch in range(1, cfg.epochs + 1):
@@ -403,17 +411,23 @@ def train_trial(
             total += loss.detach().double() * idx.shape[0]
         train_loss = float(total) / n_fit
 
-        m = _epoch_metrics(epoch, train_loss, evaluate(model, data.X_val, data.y_val, loss_name, data.task))
+        val = evaluate(model, data.X_val, data.y_val, loss_name, data.task, data.y_std)
+        m = EpochMetrics.of(epoch, train_loss, val)
         epochs.append(m)
         for which, value in (("train", m.train_loss), ("val", m.val_loss)):
             if not math.isfinite(value):
                 return done("diverged", f"{which} loss became {value} in epoch {epoch}", keep_model=False)
+        keep, stop = tracker.update(epoch, m.value(tracker.sel.metric))
+        if keep:
+            snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None and on_epoch(m) is True:
             return done("canceled")
+        if stop and epoch < cfg.epochs:
+            break
 
-    result = done("succeeded")
+    result = done("succeeded", stopped=epoch if epoch < cfg.epochs else None)
     if evaluate_test:
-        t = evaluate(model, data.X_test, data.y_test, loss_name, data.task)
+        t = evaluate(model, data.X_test, data.y_test, loss_name, data.task, data.y_std)
         result.test_metrics = {f"test_{k}": v for k, v in t.items()}
     result.duration_seconds = time.perf_counter() - t0
     return result

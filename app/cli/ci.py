@@ -22,7 +22,9 @@ from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, BadInput, ca
 from app.cli.options import server_option
 from app.cli.reports import Gate
 from app.config import Settings
+from app.spec import DataFacts, resolve_metric
 from gridsweep.client import ApiClient
+from gridsweep.datasets import BUILTIN_DATASETS
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -88,6 +90,9 @@ def submit(
     if fail_above is not None and fail_below is not None and fail_below > fail_above:
         raise click.UsageError("--fail-below is above --fail-above: no value could pass")
     spec = out.load_spec(spec_file)
+    builtin = BUILTIN_DATASETS.get(spec.dataset)
+    if builtin is not None:  # the task is known here: name its default metric (the server would)
+        resolve_metric(spec, DataFacts(task=builtin.task, n_classes=builtin.n_classes))
     gate = Gate.resolve(spec.metric.model_dump(), fail_above, fail_below)
     if dry_run:
         ci.dry_run(spec, gate, top, as_json)

@@ -14,6 +14,7 @@ from app.cli.api import BadInput, CliError, Unreachable, call, make_client
 from app.cli.options import server_option
 from app.cli.reports import params_label
 from gridsweep.client import ApiClient, ApiError
+from gridsweep.vocab import metric_units
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 ROLES = click.Choice(["search", "final", "refit", "rerun"])
@@ -21,6 +22,10 @@ ROLES = click.Choice(["search", "final", "refit", "rerun"])
 
 def _metric(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else "-"
+
+
+def _best(metric: str, value: float) -> str:
+    return f"{metric} {value:.4f} ({metric_units(metric)})"
 
 
 def _client(server: str) -> ApiClient:
@@ -52,7 +57,7 @@ def sweeps_(server: str, limit: int, as_json: bool) -> None:
                 s["dataset"],
                 s["status"],
                 progress,
-                f"{s['metric']['name']} {best['validation']['mean']:.4f}" if best else "-",
+                _best(s["metric"]["name"], best["validation"]["mean"]) if best else "-",
                 str(s["created_at"])[:19].replace("T", " "),
                 out.clock(s.get("duration_seconds") or s.get("elapsed_seconds")),
             ]
@@ -163,7 +168,8 @@ def trials(
         return
     metric = sweep["metric"]["name"]
     axes = out.varying_axes(sweep["spec"])
-    head = ["id", "config", "seed", "params", "status", metric, "epochs", "duration"]
+    shown = f"{metric} ({metric_units(metric)})"
+    head = ["id", "config", "seed", "params", "status", shown, "epochs", "duration"]
     rows = [
         [
             str(t["id"]),
@@ -172,7 +178,9 @@ def trials(
             params_label(t["params"], axes),
             t["status"],
             _metric(t.get(metric)),
-            f"{t['epochs_done']}/{t['params'].get('epochs', '?')}",
+            f"{t['epochs_done']}/{t['params'].get('epochs', '?')}"
+            + (f" best {t['best_epoch']}" if t.get("best_epoch") else "")
+            + (" stopped early" if t.get("stopped_epoch") else ""),
             f"{t['duration_seconds']:.2f}s" if t.get("duration_seconds") is not None else "-",
         ]
         for t in page["items"]

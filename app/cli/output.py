@@ -14,6 +14,7 @@ from app.cli.api import BadInput
 from app.spec import AXES, SweepSpec, format_loc
 from app.spec_errors import plain_errors
 from gridsweep.specfile import SpecFileError, load_spec_file
+from gridsweep.vocab import metric_units, rule_text
 
 
 def load_spec(path: str) -> SweepSpec:
@@ -48,7 +49,7 @@ def varying_axes(spec: dict[str, Any]) -> list[str]:
 def leaderboard_table(sweep: dict[str, Any], board: list[dict[str, Any]]) -> str:
     axes = varying_axes(sweep["spec"]) or ["layers", "hidden_units", "learning_rate"]
     metric = sweep["metric"]["name"]
-    head = ["rank", *axes, f"{metric} (mean ± std)", "seeds"]
+    head = ["rank", *axes, f"{metric} (mean ± std; {metric_units(metric)})", "seeds"]
     rows = [
         [
             str(e["rank"]),
@@ -60,7 +61,8 @@ def leaderboard_table(sweep: dict[str, Any], board: list[dict[str, Any]]) -> str
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    table = [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    return "\n".join([*table, rule_text(sweep["metric"])])
 
 
 def best_text(best: dict[str, Any] | None) -> str:
@@ -71,13 +73,21 @@ def best_text(best: dict[str, Any] | None) -> str:
     lines = [
         f"best config (trial {best['trial_id']}, grid point {best['config_index']}):",
         *(f"  {k}: {fmt(val)}" for k, val in best["params"].items()),
-        f"  validation {m}: {v['mean']:.4f} ± {v['std']:.4f} over {best['n_seeds']} seed(s)",
+        f"  validation {m}: {v['mean']:.4f} ± {v['std']:.4f} over {best['n_seeds']} seed(s)"
+        f" ({metric_units(m)})",
     ]
+    epochs = [s.get("best_epoch") for s in v.get("per_seed") or []]
+    if any(e is not None for e in epochs):
+        stopped = [s["stopped_epoch"] for s in v["per_seed"] if s.get("stopped_epoch")]
+        lines.append(
+            "  scored at epoch " + ", ".join("-" if e is None else str(e) for e in epochs) + " (per seed)"
+            + (f"; early stopping ended {len(stopped)} seed(s)" if stopped else "")
+        )
     for k, val in (v.get("metrics_mean") or {}).items():
         if k != m:
-            lines.append(f"  {k}: {val:.4f}")
+            lines.append(f"  {k}: {val:.4f} ({metric_units(k)})")
     if best.get("test"):
-        lines += [f"  held-out {k}: {val:.4f}" for k, val in best["test"].items()]
+        lines += [f"  held-out {k}: {val:.4f} ({metric_units(k)})" for k, val in best["test"].items()]
     else:
         lines.append("  held-out test: not evaluated yet")
     if best.get("refit_test"):  # spec.refit: retrained on train + validation
@@ -112,7 +122,8 @@ def epochs_text(sweep: dict[str, Any]) -> str:
 
 def best_so_far(sweep: dict[str, Any]) -> str:
     best = sweep.get("best")
-    return f"best {sweep['metric']['name']} {best['validation']['mean']:.4f}" if best else "no best yet"
+    m = sweep["metric"]["name"]
+    return f"best {m} {best['validation']['mean']:.4f} ({metric_units(m)})" if best else "no best yet"
 
 
 PHASE_WORDS = {

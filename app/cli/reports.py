@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import statistics
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from app.cli.api import EXIT_MISSED, EXIT_OK, EXIT_TIMEOUT
 from app.cli.output import fmt, varying_axes
+from gridsweep.vocab import metric_units, rule_text
 
 
 @dataclass(frozen=True)
 class Gate:
     """Pass when ``fail_below <= best <= fail_above`` (either bound may be absent)."""
 
-    metric: str
+    metric: str | None  # None: the spec names none (the task's default, known once submitted)
     fail_above: float | None
     fail_below: float | None
     source: str  # the flags given, or "metric.threshold"
@@ -73,6 +74,8 @@ def best_value(sweep: dict[str, Any]) -> float | None:
 def evaluate(sweep: dict[str, Any], gate: Gate | None, timed_out: bool, timeout: float | None) -> Verdict:
     """The exit code and the one-line reason, from the sweep as the API last showed it."""
     sid = sweep["id"]
+    if gate is not None and gate.metric is None:  # the spec named none: the task's default
+        gate = replace(gate, metric=_metric(sweep))
     if timed_out:
         c = sweep["counts"]
         done = sum(c.get(s, 0) for s in ("succeeded", "failed", "diverged", "canceled", "pruned"))
@@ -90,13 +93,14 @@ def evaluate(sweep: dict[str, Any], gate: Gate | None, timed_out: bool, timeout:
     note = f" (note: {sweep['error']})" if sweep.get("error") else ""
     if gate is None:
         return Verdict(
-            EXIT_OK, "succeeded", f"sweep {sid} succeeded (no gate), best {_metric(sweep)} {value:.6g}{note}"
+            EXIT_OK, "succeeded", f"sweep {sid} succeeded (no gate), best {_metric(sweep)} {value:.6g} "
+            f"({metric_units(_metric(sweep))}){note}"
         )
     met, why = gate.check(value)
     return Verdict(
         EXIT_OK if met else EXIT_MISSED,
         "met" if met else "missed",
-        f"gate {'met' if met else 'missed'}: {why}{note}",
+        f"gate {'met' if met else 'missed'}: {why} ({metric_units(gate.metric)}){note}",
     )
 
 
@@ -188,10 +192,13 @@ def junit_xml(
         ):
             ET.SubElement(props, "property", name=name, value=value)
         lines = [
-            f"seed {t['seed']} trial {t['id']}: {t['status']}, {metric}={t.get(metric)}" for t in c["trials"]
+            f"seed {t['seed']} trial {t['id']}: {t['status']}, {metric}={t.get(metric)}"
+            + (f" at epoch {t['best_epoch']}" if t.get("best_epoch") else "")
+            + (f" (stopped early after epoch {t['stopped_epoch']})" if t.get("stopped_epoch") else "")
+            for t in c["trials"]
         ]
         if c["config_index"] == best_index:
-            lines.insert(0, f"BEST CONFIG of sweep {sweep['id']} by {metric}")
+            lines.insert(0, f"BEST CONFIG of sweep {sweep['id']} by {metric} ({metric_units(metric)})")
             if not verdict.ok:
                 ET.SubElement(
                     case, "failure", type=verdict.outcome, message=verdict.message
@@ -216,7 +223,13 @@ def junit_xml(
         timestamp=datetime.now(UTC).replace(microsecond=0).isoformat(),
     )
     sprops = ET.SubElement(suite, "properties")
-    for name, value in (("verdict", verdict.outcome), ("message", verdict.message), ("metric", metric)):
+    for name, value in (
+        ("verdict", verdict.outcome),
+        ("message", verdict.message),
+        ("metric", metric),
+        ("metric_units", metric_units(metric)),
+        ("ranking", rule_text(sweep["metric"])),
+    ):
         ET.SubElement(sprops, "property", name=name, value=value)
     suite.extend(cases)
     ET.indent(root)
@@ -250,7 +263,7 @@ def summary_markdown(sweep: dict[str, Any], verdict: Verdict, leaderboard: list[
     if leaderboard:
         best_index = (sweep.get("best") or {}).get("config_index")
         lines += [
-            "| rank | " + " | ".join(axes) + f" | {metric} (mean ± std) | seeds |",
+            "| rank | " + " | ".join(axes) + f" | {metric} (mean ± std; {metric_units(metric)}) | seeds |",
             "|---|" + "---|" * len(axes) + "---|---|",
         ]
         for e in leaderboard:
@@ -258,7 +271,7 @@ def summary_markdown(sweep: dict[str, Any], verdict: Verdict, leaderboard: list[
             cells = [f"{e['rank']}{mark}", *(fmt(e["params"].get(a)) for a in axes)]
             cells += [f"{e['mean']:.4f} ± {e['std']:.4f}", str(e["n_seeds"])]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", rule_text(sweep["metric"]) + ".", ""]
     best = sweep.get("best")
     if best:
         params = ", ".join(f"{k}={fmt(v)}" for k, v in best["params"].items())
@@ -267,7 +280,8 @@ def summary_markdown(sweep: dict[str, Any], verdict: Verdict, leaderboard: list[
         )
         if best.get("test"):
             lines.append("")
-            lines.append("Held-out test: " + ", ".join(f"{k} {v:.4f}" for k, v in best["test"].items()))
+            shown = ", ".join(f"{k} {v:.4f} ({metric_units(k)})" for k, v in best["test"].items())
+            lines.append("Held-out test: " + shown)
         lines.append("")
     return "\n".join(lines) + "\n"
 

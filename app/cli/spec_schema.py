@@ -76,10 +76,14 @@ def spec_json_schema() -> dict[str, Any]:
         "default": seeds.get("default"),
         "anyOf": [seeds["items"], seeds],
     }
-    names = schema["$defs"]["MetricSpec"]["properties"]["name"]
+    names = dict(schema["$defs"]["MetricSpec"]["properties"]["name"])
+    # The name alone is a string (null in the mapping means the task's default).
+    names = next((b for b in names.get("anyOf", []) if b.get("type") == "string"), names)
     metric = props["metric"]
     props["metric"] = {
         "default": metric.get("default"),
+        "description": "default by task: val_rmse (regression), val_error (classification; ties "
+        "broken by val_log_loss)",
         "anyOf": [{k: v for k, v in names.items() if k != "default"}, metric],
     }
     return {"$schema": DIALECT, **schema, "title": "gridsweep sweep spec"}

@@ -123,6 +123,8 @@ class Progress:
         metric = sweep["metric"]["name"]
         value = t.get(metric)
         shown = f"{metric}={value:.4f}" if isinstance(value, float) else f"{metric}=-"
+        if t.get("best_epoch"):
+            shown += f" at epoch {t['best_epoch']}" + (" (stopped early)" if t.get("stopped_epoch") else "")
         params = reports.params_label(t["params"], out.varying_axes(sweep["spec"]))
         dur = f" ({t['duration_seconds']:.2f}s)" if t.get("duration_seconds") is not None else ""
         err = (
@@ -258,7 +260,7 @@ def dry_run(spec: SweepSpec, gate: Gate | None, show: int, as_json: bool) -> Non
         return
     click.echo(
         f"{spec.name}: {n} trials = {n // n_seeds} configs x {n_seeds} seed(s) on {spec.dataset}; "
-        f"metric {spec.metric.name} ({spec.metric.goal})"
+        f"metric {spec.metric.name or 'the task default'} ({spec.metric.goal or 'its goal'})"
         + (f"; {len(spec.grids)} sub-grids (their union, each config once)" if len(spec.grids) > 1 else "")
         + (f"; pruner {spec.pruner.type}" if spec.pruner else "")
     )

@@ -17,13 +17,16 @@ from app.dashboard.format import FILTERS
 from app.models import TokenScope
 from app.services.sweeps import cancel_sweep
 from gridsweep import __version__
+from gridsweep.vocab import TIE_BREAKS, metric_units
 
 # Pages read (read scope); the cancel button writes (submit). Browsers send the token as a cookie.
 router = APIRouter(include_in_schema=False, dependencies=[require(write=TokenScope.submit)])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters.update(FILTERS)
 templates.env.trim_blocks = templates.env.lstrip_blocks = True
-templates.env.globals.update(version=__version__, poll="every 2s")
+templates.env.globals.update(
+    version=__version__, poll="every 2s", metric_units=metric_units, tie_breaks=TIE_BREAKS
+)
 
 # Every script and style is a file served by gridsweep, nothing inline and nothing from elsewhere,
 # so the pages work under ``Content-Security-Policy: default-src 'self'`` (the tests enforce it).

@@ -21,6 +21,7 @@ from app.services.pruning import pruning_report, trial_rungs
 from app.services.reads import best_read, trial_read
 from app.services.sweeps import get_sweep
 from app.services.trial_queries import SORTABLE, trial_epochs
+from gridsweep.vocab import EPOCH_METRICS, TEST_METRICS
 
 SWEEPS_PER_PAGE = 50
 PAGE_SIZES = (25, 50, 100, 200)
@@ -213,6 +214,7 @@ def trial_context(session: Session, trial_id: int) -> dict[str, Any]:
         "wall_seconds": trial_read(trial).wall_seconds,
         # A refit trial trained on the validation split too: its val_* numbers are not a validation.
         "val_on_training_data": trial.role == TrialRole.refit,
+        "metric_names": (*EPOCH_METRICS, *TEST_METRICS),
     }
 
 

@@ -31,7 +31,8 @@ KIND_OF_ROLE = {TrialRole.final: "best", TrialRole.refit: "refit"}
 
 
 def claim_plans(session: Session, trials: list[Trial], sweeps: dict[int, Sweep]) -> dict[int, dict[str, Any]]:
-    """Per claimed trial: evaluate_test, refit, upload_model, dataset_id, data_hash and rungs."""
+    """Per claimed trial: evaluate_test, refit, upload_model, dataset_id, data_hash, rungs and
+    the epoch rule (metric, goal, select_epoch, early_stopping)."""
     source_roles = dict(
         session.execute(
             select(Trial.id, Trial.role).where(Trial.id.in_({t.rerun_of for t in trials if t.rerun_of}))
@@ -66,8 +67,24 @@ def claim_plans(session: Session, trials: list[Trial], sweeps: dict[int, Sweep])
             "dataset_id": sweep.dataset_id,
             "data_hash": hashes.get(sweep.dataset_id) if sweep.dataset_id else None,
             "rungs": rungs_of(sweep, t),
+            **epoch_rule(sweep, role),
         }
     return plans
+
+
+def epoch_rule(sweep: Sweep, role: str) -> dict[str, Any]:
+    """How a trial picks the epoch it keeps: the sweep's metric, its goal, select_epoch, early stopping.
+
+    A refit has no validation split: it trains its ``params["epochs"]`` (the config's best epoch
+    count, set when it was queued) and never stops early.
+    """
+    spec = sweep.spec
+    return {
+        "metric": sweep.metric_name,
+        "goal": sweep.metric_goal,
+        "select_epoch": spec.get("select_epoch") or "best",
+        "early_stopping": None if role == TrialRole.refit else spec.get("early_stopping"),
+    }
 
 
 def rungs_of(sweep: Sweep, trial: Trial) -> list[int]:

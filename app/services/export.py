@@ -24,7 +24,16 @@ from gridsweep.tables import columns, metric_columns, trial_row
 
 BATCH = 1000
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
-INT_COLUMNS = ("id", "config_index", "seed", "epochs_done", "attempt", "rerun_of")
+INT_COLUMNS = (
+    "id",
+    "config_index",
+    "seed",
+    "epochs_done",
+    "best_epoch",
+    "stopped_epoch",
+    "attempt",
+    "rerun_of",
+)
 TEXT_COLUMNS = ("role", "status", "device", "error")
 TIME_COLUMNS = ("started_at", "finished_at")
 

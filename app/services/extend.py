@@ -4,9 +4,9 @@ Only configs the sweep has not run are added (by config hash, seed by seed); the
 recomputed over all of them. A finished sweep becomes ``running`` again and, once the new
 trials are done, finishes with a new test evaluation only if its best config changed
 (``finalize_if_done`` evaluates the best config once; an unchanged best keeps its numbers).
-What a result depends on stays fixed: dataset, split, metric, method, pruner, refit and
-sampler seed; a search (random / tpe / qmc) sweep keeps its space and seeds and may only grow
-``max_trials``.
+What a result depends on stays fixed: dataset, split, metric, method, pruner, refit, sampler
+seed, select_epoch and early_stopping; a search (random / tpe / qmc) sweep keeps its space
+and seeds and may only grow ``max_trials``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.models import Sweep, SweepStatus, Trial, TrialRole
 from app.services.sweeps import insert_trials, resolve_dataset
-from app.spec import SpecError, SweepSpec, expand, validate_spec
+from app.spec import SpecError, SweepSpec, expand, resolve_metric, validate_spec
 
-FIXED = ("split", "metric", "method", "pruner", "refit", "sampler_seed")
+FIXED = ("split", "metric", "method", "pruner", "refit", "sampler_seed", "select_epoch", "early_stopping")
 
 
 class ExtendConflict(Exception):
@@ -41,6 +41,7 @@ class Extension:
 def _fixed_errors(session: Session, sweep: Sweep, old: SweepSpec, new: SweepSpec) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     ds = resolve_dataset(session, new.dataset)
+    resolve_metric(new, ds.facts)  # a spec naming no metric means the task's default, as at creation
     same = ds.uploaded.id == sweep.dataset_id if ds.uploaded is not None else new.dataset == sweep.dataset
     if not same or (ds.uploaded is None and sweep.dataset_id is not None):
         errors.append(

@@ -13,20 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Sweep, SweepStatus, Trial, TrialStatus
+from gridsweep.vocab import EPOCH_METRICS, TEST_METRICS
 
 # How a trial that ran out of attempts says why (set by app.services.requeue, counted at finalize).
 LOST_PREFIX = "worker lost:"
 OUT_OF_MEMORY_PREFIX = "out of memory on attempt"
 # A trial's summary metrics: those of its latest attempt, or none.
-FINAL_COLUMNS = (
-    "train_loss",
-    "val_loss",
-    "val_error",
-    "val_accuracy",
-    "test_loss",
-    "test_error",
-    "test_accuracy",
-)
+FINAL_COLUMNS = (*EPOCH_METRICS, *TEST_METRICS)
 
 
 class LeaseState(StrEnum):
@@ -68,4 +61,5 @@ def clear_metrics(t: Trial) -> None:
     """Forget the summary metrics of an attempt that did not end (its epoch rows stay, by attempt)."""
     for col in FINAL_COLUMNS:
         setattr(t, col, None)
+    t.best_epoch = t.stopped_epoch = None
     t.epochs_done = 0

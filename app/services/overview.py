@@ -14,6 +14,7 @@ from app.db import db_now
 from app.models import TERMINAL_TRIAL_STATUSES, Sweep, Trial, TrialRole, TrialStatus, Worker
 from app.services.sweeps import list_sweeps
 from app.services.trial_queries import list_trials
+from gridsweep.vocab import METRICS
 
 
 @dataclass
@@ -74,8 +75,7 @@ def sweep_rows(session: Session, limit: int, offset: int) -> tuple[list[SweepRow
             counts[sid][status] = n
         # Each sweep ranks by its own metric column.
         metric = case(
-            (Sweep.metric_name == "val_error", Trial.val_error),
-            (Sweep.metric_name == "val_accuracy", Trial.val_accuracy),
+            *((Sweep.metric_name == m, getattr(Trial, m)) for m in METRICS if m != "val_loss"),
             else_=Trial.val_loss,
         )
         per_config = (

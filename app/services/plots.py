@@ -17,6 +17,7 @@ from app.models import Sweep, Trial, TrialEpoch, TrialRole, TrialStatus
 from app.search_spec import varying_axes
 from app.services.sweeps import leaderboard
 from app.spec import AXES
+from gridsweep.vocab import metric_units
 
 # Trials that ended on their own (canceled ones say nothing about the grid).
 FINISHED = (TrialStatus.succeeded, TrialStatus.failed, TrialStatus.diverged, TrialStatus.pruned)
@@ -58,8 +59,9 @@ def _config_stats(sweep: Sweep) -> tuple[Any, Any, Any]:
 
 
 def learning_curves(session: Session, sweep: Sweep, top: int = 10) -> dict[str, Any]:
-    """Validation loss per epoch of every seed of the ``top`` configs (the leaderboard's), best first,
-    then of up to ``top`` running search trials (``rank`` None): their curves grow as epochs arrive.
+    """The sweep's metric (and val_loss) per epoch of every seed of the ``top`` configs (the
+    leaderboard's), best first, then of up to ``top`` running search trials (``rank`` None):
+    their curves grow as epochs arrive.
 
     The curves of all those trials come from one query (their latest attempt only).
     """
@@ -74,19 +76,21 @@ def learning_curves(session: Session, sweep: Sweep, top: int = 10) -> dict[str, 
         .limit(top)
     ).all()
     trials += [(None, t.config_index, t) for t in running]
-    points: dict[int, list[tuple[int, float | None, float | None]]] = {t.id: [] for _, _, t in trials}
+    points: dict[int, list[tuple[Any, ...]]] = {t.id: [] for _, _, t in trials}
     if trials:
+        value = getattr(TrialEpoch, sweep.metric_name)
         rows = session.execute(
-            select(TrialEpoch.trial_id, TrialEpoch.epoch, TrialEpoch.val_loss, TrialEpoch.train_loss)
+            select(TrialEpoch.trial_id, TrialEpoch.epoch, TrialEpoch.val_loss, TrialEpoch.train_loss, value)
             .join(Trial, and_(Trial.id == TrialEpoch.trial_id, Trial.attempt == TrialEpoch.attempt))
             .where(TrialEpoch.trial_id.in_(list(points)))
             .order_by(TrialEpoch.trial_id, TrialEpoch.epoch)
         )
-        for trial_id, epoch, val_loss, train_loss in rows:
-            points[trial_id].append((epoch, val_loss, train_loss))
+        for trial_id, epoch, val_loss, train_loss, v in rows:
+            points[trial_id].append((epoch, val_loss, train_loss, v))
     return {
         "metric": sweep.metric_name,
         "goal": sweep.metric_goal,
+        "units": metric_units(sweep.metric_name),
         "best_trial_ids": [t.id for t in ranked[0].trials] if ranked else [],
         "trials": [
             {
@@ -101,6 +105,9 @@ def learning_curves(session: Session, sweep: Sweep, top: int = 10) -> dict[str, 
                 "epochs": [p[0] for p in points[t.id]],
                 "val_loss": [p[1] for p in points[t.id]],
                 "train_loss": [p[2] for p in points[t.id]],
+                "values": [p[3] for p in points[t.id]],
+                "best_epoch": t.best_epoch,
+                "stopped_epoch": t.stopped_epoch,
             }
             for rank, config_index, t in trials
         ],

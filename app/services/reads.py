@@ -22,6 +22,7 @@ from app.services.progress import SweepProgress, sweep_progress
 from app.services.pruning import pruning_report, trial_rungs
 from app.services.sweeps import METRIC_COLUMNS, TEST_COLUMNS, final_trials, leaderboard, trial_counts
 from app.services.trial_queries import trial_epochs
+from gridsweep.vocab import METRIC_LABELS, METRIC_UNITS, TIE_BREAKS
 
 DONE = (
     TrialStatus.succeeded,
@@ -34,6 +35,20 @@ DONE = (
 
 def _metrics(t: Trial, cols: tuple[str, ...]) -> dict[str, float | None]:
     return {c: getattr(t, c) for c in cols if getattr(t, c) is not None}
+
+
+def metric_read(sweep: Sweep) -> MetricRead:
+    """The sweep's metric with its label, units, tie-break and epoch rule."""
+    name = sweep.metric_name
+    return MetricRead(
+        name=name,
+        goal=sweep.metric_goal,
+        label=METRIC_LABELS.get(name),
+        units=METRIC_UNITS.get(name),
+        tie_break=TIE_BREAKS.get(name),
+        select_epoch=sweep.spec.get("select_epoch") or "best",
+        early_stopping=sweep.spec.get("early_stopping"),
+    )
 
 
 def best_read(session: Session, sweep: Sweep) -> BestRead | None:
@@ -52,14 +67,20 @@ def best_read(session: Session, sweep: Sweep) -> BestRead | None:
         trial_id=best.trials[0].id,
         config_index=best.config_index,
         params=best.params,
-        metric=MetricRead(name=sweep.metric_name, goal=sweep.metric_goal),
+        metric=metric_read(sweep),
         n_seeds=best.n_seeds,
         validation={
             "mean": best.mean,
             "std": best.std,
             "metrics_mean": means,
             "per_seed": [
-                {"seed": t.seed, "trial_id": t.id, "metrics": _metrics(t, METRIC_COLUMNS)}
+                {
+                    "seed": t.seed,
+                    "trial_id": t.id,
+                    "metrics": _metrics(t, METRIC_COLUMNS),
+                    "best_epoch": t.best_epoch,
+                    "stopped_epoch": t.stopped_epoch,
+                }
                 for t in best.trials
             ],
         },
@@ -96,7 +117,7 @@ def sweep_read(
         dataset=sweep.dataset,
         status=sweep.status,
         n_trials=sweep.n_trials,
-        metric=MetricRead(name=sweep.metric_name, goal=sweep.metric_goal),
+        metric=metric_read(sweep),
         counts=counts,
         progress=done / sweep.n_trials if sweep.n_trials else 1.0,
         best=best_read(session, sweep),

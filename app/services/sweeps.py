@@ -28,9 +28,10 @@ from app.services.leases import LOST_PREFIX, OUT_OF_MEMORY_PREFIX
 from app.services.workload import mark_sweep_ended, mark_work_queued
 from app.spec import DataFacts, SpecError, SweepSpec, TrialRow, expand, validate_spec
 from gridsweep.datasets import BUILTIN_DATASETS
+from gridsweep.vocab import EPOCH_METRICS, TEST_METRICS, TIE_BREAKS
 
-METRIC_COLUMNS = ("train_loss", "val_loss", "val_error", "val_accuracy")
-TEST_COLUMNS = ("test_loss", "test_error", "test_accuracy")
+METRIC_COLUMNS = EPOCH_METRICS
+TEST_COLUMNS = TEST_METRICS
 FINAL_PRIORITY = 0  # final evaluations run before any search trial
 # Roles evaluated on the test split, and roles a finished grid waits for (reruns are extra).
 TEST_ROLES = (TrialRole.final, TrialRole.refit)
@@ -177,24 +178,40 @@ class RankedConfig:
         return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
 
 
+def _mean_of(column: str) -> Any:
+    """The mean of a metric over the succeeded trials of a group."""
+    return func.avg(case((Trial.status == TrialStatus.succeeded, getattr(Trial, column))))
+
+
+def refit_epochs(trials: list[Trial]) -> int | None:
+    """How long a refit of a config trains: the median of its seeds' selected epochs (the higher
+    middle value for an even count); None when no seed recorded one (it keeps its own epochs)."""
+    epochs = [t.best_epoch for t in trials if t.best_epoch is not None]
+    return statistics.median_high(epochs) if epochs else None
+
+
 def leaderboard(session: Session, sweep: Sweep, limit: int = 10) -> list[RankedConfig]:
     """Configs ranked by the sweep's metric, mean over seeds, in SQL.
 
     A config ranks when at least one seed succeeded and none diverged (a diverged
-    seed ranks the whole config last) or was pruned; ties go to the lower grid index.
+    seed ranks the whole config last) or was pruned. A trial's value is its selected epoch's
+    (``select_epoch``). Ties go to the tie-break metric (``val_error``: the lower mean
+    ``val_log_loss``), then to the lower grid index.
     """
-    metric = getattr(Trial, sweep.metric_name)
-    mean = func.avg(case((Trial.status == TrialStatus.succeeded, metric)))
+    mean = _mean_of(sweep.metric_name)
     n_ok = func.sum(case((Trial.status == TrialStatus.succeeded, 1), else_=0))
     # A diverged or pruned seed keeps its config out of the ranking.
     n_div = func.sum(case((Trial.status.in_([TrialStatus.diverged, TrialStatus.pruned]), 1), else_=0))
-    order = mean.asc() if sweep.metric_goal == "minimize" else mean.desc()
+    order = [mean.asc() if sweep.metric_goal == "minimize" else mean.desc()]
+    tie = TIE_BREAKS.get(sweep.metric_name)
+    if tie is not None:
+        order.append(_mean_of(tie).asc().nulls_last())
     q = (
         select(Trial.config_index, mean.label("mean"), n_ok.label("n"))
         .where(Trial.sweep_id == sweep.id, Trial.role == TrialRole.search)
         .group_by(Trial.config_index)
         .having(n_ok > 0, n_div == 0, mean.is_not(None))
-        .order_by(order, Trial.config_index.asc())
+        .order_by(*order, Trial.config_index.asc())
         .limit(limit)
     )
     ranked = [RankedConfig(ci, {}, float(m), int(n)) for ci, m, n in session.execute(q)]
@@ -324,8 +341,13 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
         # Final: the best config retrained per seed on the training split, scored on test; the
         # lowest seed's model is kept. Refit (spec.refit): the same on train + validation.
         roles = [TrialRole.final, TrialRole.refit] if sweep.spec.get("refit") else [TrialRole.final]
+        # A refit has no validation split to pick an epoch by: it trains the config's best epoch count.
+        n_refit = refit_epochs(best.trials)
         for role in roles:
             for t in best.trials:
+                params = t.params
+                if role == TrialRole.refit and n_refit is not None:
+                    params = {**params, "epochs": n_refit}
                 session.add(
                     Trial(
                         sweep_id=sweep.id,
@@ -336,7 +358,7 @@ def finalize_if_done(session: Session, sweep_id: int) -> None:
                         # Refit trials train on more rows: never packed with the others.
                         pack_key=t.pack_key if role == TrialRole.final else _refit_pack_key(t.pack_key),
                         seed=t.seed,
-                        params=t.params,
+                        params=params,
                         status=TrialStatus.queued,
                         max_attempts=t.max_attempts,
                         created_at=now,

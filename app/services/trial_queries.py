@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.db import json_key
 from app.models import Trial, TrialEpoch
 from app.spec import AXES
+from gridsweep.vocab import EPOCH_METRICS
 
 SORTABLE = (
     "id",
@@ -18,10 +19,9 @@ SORTABLE = (
     "status",
     "epochs_done",
     "duration_seconds",
-    "train_loss",
-    "val_loss",
-    "val_error",
-    "val_accuracy",
+    *EPOCH_METRICS,
+    "best_epoch",
+    "stopped_epoch",
     "created_at",
     "finished_at",
 )

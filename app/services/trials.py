@@ -25,6 +25,7 @@ from app.services.pruning import decide, prune_decided
 from app.services.requeue import ReleaseReason, extend_running_leases, reap_expired, release
 from app.services.sweeps import TEST_ROLES, finalize_if_done
 from app.services.workload import fair_share, idle_others
+from gridsweep.vocab import EPOCH_METRICS
 
 __all__ = [  # release and reaping live in app.services.requeue; callers may use either module
     "Lease",
@@ -165,16 +166,14 @@ def report_epochs(
                 "trial_id": t.id,
                 "attempt": t.attempt,
                 "epoch": r["epoch"],
-                "train_loss": r.get("train_loss"),
-                "val_loss": r.get("val_loss"),
-                "val_error": r.get("val_error"),
-                "val_accuracy": r.get("val_accuracy"),
+                **{col: r.get(col) for col in EPOCH_METRICS},
                 "created_at": now,
             }
         )
         if r["epoch"] >= t.epochs_done:
             t.epochs_done = r["epoch"]
-            for col in ("train_loss", "val_loss", "val_error", "val_accuracy"):
+            # While it runs, a trial shows its latest epoch; its outcome brings the selected one.
+            for col in EPOCH_METRICS:
                 setattr(t, col, r.get(col))
         t.lease_expires_at = now + timedelta(seconds=lease_seconds)
         states[t.id] = LeaseState.cancel if t.sweep_id in canceled else LeaseState.ok
@@ -222,6 +221,9 @@ def complete(session: Session, outcomes: list[dict[str, Any]]) -> dict[int, Leas
                 setattr(t, col, o[col])
         if o.get("epochs_done") is not None:
             t.epochs_done = o["epochs_done"]
+        # The epoch whose numbers (and weights) the trial keeps, and where early stopping ended it.
+        t.best_epoch = o.get("best_epoch")
+        t.stopped_epoch = o.get("stopped_epoch")
         t.error = o.get("error")
         t.device = o.get("device") or t.device
         t.duration_seconds = o.get("duration_seconds")

@@ -44,7 +44,7 @@
       const isBest = best.has(t.trial_id);
       const live = t.rank === null;
       const color = isBest ? C.BEST : live ? RUNNING : rankColor(t.rank, maxRank);
-      const data = t.epochs.map((e, i) => [e, t.val_loss[i]]).filter((p) => p[1] !== null);
+      const data = t.epochs.map((e, i) => [e, t.values[i]]).filter((p) => p[1] !== null);
       points += data.length;
       return {
         type: "line", id: String(t.trial_id), name: "#" + t.trial_id, data, showSymbol: live && data.length <= 30, symbolSize: 4,
@@ -69,13 +69,15 @@
           const head = t.rank === null
             ? "trial #" + t.trial_id + " · running, epoch " + t.epochs[t.epochs.length - 1] + " of " + t.epochs_planned
             : "trial #" + t.trial_id + " · rank " + t.rank;
-          return head + " · seed " + t.seed + "<br>epoch " + p.data[0] + ": val_loss " + fmt(p.data[1]) +
-            (t.rank === null ? "" : "<br>" + metric + " " + fmt(t.value));
+          return head + " · seed " + t.seed + "<br>epoch " + p.data[0] + ": " + metric + " " + fmt(p.data[1]) +
+            (t.rank === null ? "" : "<br>score " + fmt(t.value) + (t.best_epoch ? " at epoch " + t.best_epoch : "")) +
+            (t.stopped_epoch ? "<br>stopped early after epoch " + t.stopped_epoch : "");
         },
       },
       xAxis: { type: "value", name: "epoch", nameLocation: "middle", nameGap: 24, min: 1, minInterval: 1,
         axisLabel: { color: C.AXIS_TEXT }, splitLine: { show: false } },
-      yAxis: C.valueAxis("val_loss", withPoints.flatMap((t) => t.val_loss), { nameLocation: "middle", nameGap: 42 }),
+      yAxis: C.valueAxis(metric + (d.units ? " (" + d.units + ")" : ""), withPoints.flatMap((t) => t.values),
+        { nameLocation: "middle", nameGap: 42 }),
       series,
     }, points);
     target.dataset.series = String(series.length);

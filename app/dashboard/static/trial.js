@@ -12,6 +12,10 @@
     ["val_loss", C.BEST, 0],
     ["val_error", "#1f9d55", 1],
     ["val_accuracy", "#1f9d55", 1],
+    ["val_log_loss", "#1f9d55", 1],
+    ["val_rmse", "#1f9d55", 1],
+    ["val_mae", "#1f9d55", 1],
+    ["val_r2", "#1f9d55", 1],
   ];
 
   function drawTrial(t) {
@@ -30,6 +34,19 @@
     const yAxis = [C.valueAxis("loss", losses)];
     if (shown.some(([, , axis]) => axis === 1)) {
       yAxis.push(C.valueAxis(metric, epochs.map((e) => e[metric]), { type: "value", splitLine: { show: false } }));
+    }
+    // The epoch the trial is scored at (its weights are the model kept), and an early stop.
+    const marks = [];
+    if (t.best_epoch) {
+      marks.push({ xAxis: t.best_epoch, lineStyle: { color: C.BEST, type: "dashed" },
+        label: { formatter: "best epoch " + t.best_epoch, color: C.BEST } });
+    }
+    if (t.stopped_epoch) {
+      marks.push({ xAxis: t.stopped_epoch, lineStyle: { color: "#8a94a6", type: "dotted" },
+        label: { formatter: "stopped early", color: "#8a94a6", position: "insideEndTop" } });
+    }
+    if (marks.length && series.length) {
+      series[series.length - 1].markLine = { symbol: "none", silent: true, data: marks };
     }
     if (t.status === "diverged" && series.length) {
       // Where the loss stopped being a number.
