@@ -246,12 +246,14 @@ def _running_trials(live: Server, n: int) -> tuple[ApiClient, str, list[dict[str
     """``n`` trials of a new sweep, claimed by a new worker (the server is shared: older sweeps canceled)."""
     for old in live.http.get("/api/v1/sweeps", params={"limit": 500}).json()["items"]:
         live.http.post(f"/api/v1/sweeps/{old['id']}/cancel")
+    client = ApiClient(live.url)
+    for old in live.http.get("/api/v1/workers").json():  # gone: not counted idle (fair shares)
+        client.sign_off(old["id"])
     lrs = [0.001 * (i + 1) for i in range(n)]
     created = live.http.post(
         "/api/v1/sweeps", json={"name": "w", "dataset": "moons", "parameters": {"learning_rate": lrs}}
     )
     assert created.status_code == 201, created.text
-    client = ApiClient(live.url)
     wid = client.register("edge", "host", "cpu")["id"]
     return client, wid, client.claim(wid, n)["trials"]
 
