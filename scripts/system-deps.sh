@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Install and start what the tests need outside Python: Debian's chromium (browser tests)
-# and a running PostgreSQL. Idempotent; needs root (or sudo) only when something is missing.
+# Install and start what the tests need outside Python: Debian's chromium (browser tests),
+# the shellcheck linter (for the Slurm script) and a running PostgreSQL. Idempotent; needs root (or
+# sudo) only when something is missing.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "system-deps: installing chromium"
+# chromium for the browser tests, shellcheck for the Slurm script's lint.
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+if [ -n "$missing" ]; then
+  echo "system-deps: installing$missing"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  # shellcheck disable=SC2086  # one word per package
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }

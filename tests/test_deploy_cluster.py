@@ -31,7 +31,7 @@ from app.db import Database
 from app.metrics import Metrics
 from app.migrate import upgrade
 from gridsweep.client import ApiClient
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require
 from tests.test_ops_files import KNOWN_ENV, errors, resolve, validator
 
 K8S = ROOT / "deploy" / "kubernetes"
@@ -383,8 +383,7 @@ def test_sbatch_script_is_valid_bash_with_the_directives_it_needs() -> None:
 
 
 def test_sbatch_script_passes_shellcheck() -> None:
-    # Optional tool (not a part gridsweep needs): skipped where it is not installed, CI included.
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed")
+    # scripts/system-deps.sh installs it: a skip outside CI only, a failure in CI.
+    require(shutil.which("shellcheck") is not None, "shellcheck")
     r = subprocess.run(["shellcheck", str(SBATCH)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
