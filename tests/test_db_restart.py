@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from tests.conftest import PG_URL, Server, require
 from tests.robust_helpers import FAST_LEASES, log_text, logged_statuses, spec, sweep, trial_rows, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 N_TRIALS = 100
 EPOCHS = 3
