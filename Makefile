@@ -35,10 +35,11 @@ lint: setup-test
 
 # The reproducibility test runs again with an AVX2 CPU's kernels (torch's and MKL's), whatever
 # this CPU is: a trial's numbers must not depend on its pack under either SIMD width.
-# Two test processes (most tests wait on the servers and workers they start), then the tests
+# Two test processes, a file each at a time (most tests wait on the servers and workers they
+# start; a module's fixtures are set up once), then the tests
 # that must run alone (a PostgreSQL restart would break the other process's tests).
 test: setup-test system-deps lint
-	$(VENV)/bin/pytest -q -ra --durations=15 -n 2 --dist worksteal -m "not serial"
+	$(VENV)/bin/pytest -q -ra --durations=15 -n 2 --dist loadfile -m "not serial"
 	$(VENV)/bin/pytest -q -ra -m serial
 	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(VENV)/bin/pytest -q -ra tests/test_repro.py
 

@@ -62,6 +62,7 @@ SEEN_PG: Counter[str] = Counter()
 
 @pytest.fixture(scope="module", autouse=True)
 def store() -> Iterator[None]:
+    DB_DIR.mkdir(exist_ok=True)  # set up again after a teardown when the module's tests come in parts
     upgrade(DB_URL)
     TOKEN.update(make_tokens(DB_URL, fuzz_admin="admin"))
     _move_token_away(APP)

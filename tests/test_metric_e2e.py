@@ -203,7 +203,6 @@ def _wait(http: Any, sid: int, tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)  # process-level: one backend
 def test_a_regression_sweep_ranks_on_one_scale_and_keeps_the_best_epoch(
     server: Server, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
