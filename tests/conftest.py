@@ -67,6 +67,17 @@ def new_pg_database() -> tuple[str, Callable[[], None]]:
     return url, drop
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and OpenMP threads crawl on a busy machine."""
+    import torch  # here, not at the top: most tests never load torch in this process
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database, on each backend."""

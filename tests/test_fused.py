@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -31,13 +30,7 @@ from worker.train import TensorSplit, TrialResult, to_tensors, train_trial
 RTOL64 = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and OpenMP threads crawl on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def cfg_(**kw: object) -> TrialConfig:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -33,12 +32,7 @@ REG = ("val_loss", "val_rmse", "val_mae", "val_r2")
 CLS = ("val_loss", "val_error", "val_accuracy", "val_log_loss")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @cache

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -34,12 +33,7 @@ ACTS = ["relu", "tanh", "sigmoid", "gelu"]
 RERUN = [13, 23, 26, 41, 55]  # five trials trained again alone: sigmoid, gelu, tanh, relu, gelu
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @cache
