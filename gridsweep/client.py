@@ -47,7 +47,10 @@ class ApiClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = server.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        # Plain HTTP never handshakes (httpx follows no redirect unless asked), so it loads no
+        # certificate store: ~25 ms of each client's start-up, and `gridsweep run` makes four.
+        verify = self.base_url.startswith("https://")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, verify=verify)
         self.retry_for = retry_for
         self.interrupt = interrupt or threading.Event()
 

@@ -110,3 +110,36 @@ def test_run_on_a_pseudo_terminal_draws_the_progress_bar(tmp_path: Path) -> None
     assert "\x1b[" in screen  # drawn with terminal control codes, not plain lines
     assert "[1/2] trial" not in screen  # the plain lines are for logs and CI
     assert b"best config" in out
+
+
+def test_run_exits_quickly_with_its_output_written_and_the_store_closed(tmp_path: Path) -> None:
+    """The console script skips the interpreter's teardown (``app.cli.main.cli``): what it
+    printed is all there, the exit status is kept, and the SQLite store was closed first."""
+    r = subprocess.run(
+        run_args(tmp_path, "-q", "--json"), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "succeeded"  # the whole JSON document, flushed
+    # The API's lifespan disposed the store before the exit: the last connection checkpointed
+    # SQLite's write-ahead log and removed it, and the store reads back whole.
+    assert not (tmp_path / "run.db-wal").exists()
+    from app.db import Database
+    from app.models import Sweep
+
+    database = Database(f"sqlite:///{tmp_path / 'run.db'}")
+    try:
+        with database.session(readonly=True) as s:
+            assert [sw.status for sw in s.query(Sweep).all()] == ["succeeded"]
+    finally:
+        database.dispose()
+
+    # An error keeps its documented exit status through the quick exit (2: a bad argument).
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "run", str(tmp_path / "missing.yaml")],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "missing.yaml: cannot read it" in r.stderr

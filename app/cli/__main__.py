@@ -1,5 +1,5 @@
 """``python -m app.cli``: the ``gridsweep`` command line."""
 
-from app.cli.main import main
+from app.cli.main import cli
 
-main()
+cli()
