@@ -116,7 +116,12 @@ def test_run_exits_quickly_with_its_output_written_and_the_store_closed(tmp_path
     """The console script skips the interpreter's teardown (``app.cli.main.cli``): what it
     printed is all there, the exit status is kept, and the SQLite store was closed first."""
     r = subprocess.run(
-        run_args(tmp_path, "-q", "--json"), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+        run_args(tmp_path, "-q", "--json"),
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "succeeded"  # the whole JSON document, flushed
