@@ -383,8 +383,18 @@ def test_threads_split_a_pack_evenly_and_change_nothing() -> None:
             for layers in (1, 2) for w in (4, 8) for s, lr in enumerate([0.01, 0.02, 0.03])]  # fmt: skip
     parts = split_for_threads(cfgs, 2)
     assert sorted(i for p in parts for i in p) == list(range(12)) and [len(p) for p in parts] == [6, 6]
-    for p in parts:  # every architecture in both halves
-        assert len({cfgs[i].hidden_units for i in p}) == 4
+    # Widths 4 and 8 both train at the canonical 32: two architectures (by depth), each kept
+    # whole in a part of its own (a block cut in two pays its dispatch cost twice).
+    assert sorted(sorted({cfgs[i].layers for i in p}) for p in parts) == [[1], [2]]
+    # One architecture alone is cut into near-equal parts; never more parts than trials.
+    assert sorted(map(len, split_for_threads(cfgs[:6], 2))) == [3, 3]
+    assert sorted(map(len, split_for_threads(cfgs[:3], 4))) == [1, 1, 1]
+    # Cost-balanced: one 2-layer architecture against several 1-layer ones of the same total.
+    deep = [cfg_(layers=2, hidden_units=(128, 128), learning_rate=0.01 * (k + 1)) for k in range(4)]
+    shallow = [cfg_(layers=1, hidden_units=(w,), learning_rate=0.01 * (k + 1))
+               for w in (32, 64, 96, 128) for k in range(4)]  # fmt: skip
+    mixed = split_for_threads(deep + shallow, 2, n_features=16, n_outputs=1)
+    assert sorted(len(p) for p in mixed) == [4, 16]
     seen: list[int] = []
     before = torch.get_num_threads()
     one = train_packs(cfgs, data, threads=1)

@@ -160,7 +160,8 @@ def _in_threads(
     on_finish: OnFinish | None,
     kw: dict[str, Any],
 ) -> list[TrialResult]:
-    parts = split_for_threads(cfgs, threads)
+    loss = resolve_loss(cfgs[0].loss, data.task, data.n_classes)
+    parts = split_for_threads(cfgs, threads, data.n_features, n_outputs_for(loss, data.n_classes))
     results: dict[int, TrialResult] = {}
     errors: list[BaseException] = []
     share = None if budget is None else budget // len(parts)
