@@ -32,6 +32,18 @@ def run_args(tmp_path: Path, *flags: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", "run", str(spec), "--db", db, "--device", "cpu", *flags]
 
 
+def run_quiet_json(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``gridsweep run -q --json`` of the tiny sweep, as a child process."""
+    return subprocess.run(
+        run_args(tmp_path, "-q", "--json"),
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def log_levels(stderr: str) -> list[str]:
     """The level of every log line (JSON off a terminal) on stderr."""
     levels = []
@@ -64,14 +76,7 @@ def test_run_off_a_terminal_prints_progress_lines_and_no_info_logs(tmp_path: Pat
 
 
 def test_run_quiet_prints_only_the_result(tmp_path: Path) -> None:
-    r = subprocess.run(
-        run_args(tmp_path, "-q", "--json"),
-        cwd=ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_quiet_json(tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     result = json.loads(r.stdout)
@@ -115,14 +120,7 @@ def test_run_on_a_pseudo_terminal_draws_the_progress_bar(tmp_path: Path) -> None
 def test_run_exits_quickly_with_its_output_written_and_the_store_closed(tmp_path: Path) -> None:
     """The console script skips the interpreter's teardown (``app.cli.main.cli``): what it
     printed is all there, the exit status is kept, and the SQLite store was closed first."""
-    r = subprocess.run(
-        run_args(tmp_path, "-q", "--json"),
-        cwd=ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_quiet_json(tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "succeeded"  # the whole JSON document, flushed
     # The API's lifespan disposed the store before the exit: the last connection checkpointed
