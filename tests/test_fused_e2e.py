@@ -27,11 +27,13 @@ SPEC: dict[str, Any] = {
 }
 
 
-def run_sweep(server: Server, start_worker: Callable[..., Any], pack_size: str) -> tuple[dict, list[dict]]:
+def run_sweep(
+    server: Server, start_worker: Callable[..., Any], pack_size: str, *flags: str
+) -> tuple[dict, list[dict]]:
     created = server.http.post("/api/v1/sweeps", json=SPEC)
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
-    worker = start_worker(server.url, "--pack-size", pack_size, "--exit-when-idle")
+    worker = start_worker(server.url, "--pack-size", pack_size, "--exit-when-idle", *flags)
     assert worker.wait(timeout=240) == 0
     sweep = server.http.get(f"/api/v1/sweeps/{sid}").json()
     page = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"limit": 500}).json()
@@ -71,6 +73,39 @@ def test_packed_worker_matches_one_by_one(
             assert (x["train_loss"], x["val_loss"]) == (y["train_loss"], y["val_loss"])
     assert packed["best"]["config_index"] == single["best"]["config_index"]
     assert packed["best"]["test"]["test_loss"] == single["best"]["test"]["test_loss"]
+
+
+def final_trial(server: Server, sid: int) -> dict[str, Any]:
+    (final,) = server.http.get(f"/api/v1/sweeps/{sid}/trials", params={"role": "final"}).json()["items"]
+    return server.http.get(f"/api/v1/trials/{final['id']}").json()
+
+
+@pytest.mark.slow
+def test_a_final_trial_reuses_its_search_training_with_the_numbers_of_a_retrain(
+    db_url: str, start_server: Callable[..., Server], start_worker: Callable[..., Any], tmp_path: Any
+) -> None:
+    """The worker that trained the best config scores that training on the test split instead
+    of training it again (worker/recall.py); ``--retrain-final`` trains it: the same numbers."""
+    server = start_server(db_url)
+    reused, _ = run_sweep(server, start_worker, "8")
+    retrained, _ = run_sweep(server, start_worker, "8", "--retrain-final")
+    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
+    assert "search trial's training reused" in logs[0]
+    assert "search trial's training reused" not in logs[1]
+    a, b = final_trial(server, reused["id"]), final_trial(server, retrained["id"])
+    assert a["status"] == b["status"] == "succeeded"
+    search = server.http.get(f"/api/v1/trials/{reused['best']['trial_id']}").json()
+    assert a["params"] == b["params"] == search["params"]
+    curve = ("epoch", "train_loss", "val_loss")
+
+    def points(trial: dict[str, Any]) -> list[list[Any]]:
+        return [[e[k] for k in curve] for e in trial["epochs"]]
+
+    assert points(a) == points(b) == points(search)  # the final's curve is its search trial's
+    assert reused["best"]["test"] == retrained["best"]["test"] and reused["best"]["test"]
+    keys = [k for k in a if k.startswith(("train_", "val_", "test_"))] + ["best_epoch"]
+    assert a["test_loss"] is not None and a["best_epoch"] is not None
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
 
 
 LONG: dict[str, Any] = {

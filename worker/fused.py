@@ -194,6 +194,35 @@ def _tf32(device: torch.device, allow: bool) -> Iterator[None]:
         setattr(matmul, attr, before)
 
 
+def block_metrics(
+    ev: BlockEval, data: TensorSplit, loss: str, n: int, sst: float | None
+) -> list[dict[str, float]]:
+    """Each trial's metrics on a split of ``n`` rows from its block's sums (``split_metrics``;
+    ``sst``: the split's target sum of squares, regression): one copy to the host per block."""
+    loss_sum = ev.loss_sum.tolist()
+    if data.task != "regression":
+        assert ev.correct is not None
+        pairs = zip(loss_sum, ev.correct.tolist(), strict=True)
+        return [split_metrics(data.task, loss, n, v, correct=c) for v, c in pairs]
+    assert ev.sse is not None and ev.sae is not None
+    sums = zip(loss_sum, ev.sse.tolist(), ev.sae.tolist(), strict=True)
+    return [split_metrics(data.task, loss, n, v, sse=q, sae=a, sst=sst, y_std=data.y_std) for v, q, a in sums]
+
+
+def scored_on_test(cfg: TrialConfig, model: torch.nn.Module, data: TensorSplit) -> dict[str, float]:
+    """A trained model's ``test_*`` metrics, computed as ``train_pack(evaluate_test=True)``
+    computes them for the trial (a block of one holding the model's weights, padding zero):
+    bit for bit, since a trial's evaluation does not depend on its block."""
+    loss = resolve_loss(cfg.loss, data.task, data.n_classes)
+    n_out = n_outputs_for(loss, data.n_classes)
+    block = Block([cfg], [0], data.n_features, n_out, data.dtype, data.device)
+    block.load(0, model)
+    ev = evaluate_block(block, data.X_test, data.y_test, loss, data.task)
+    sst = target_sst(data.y_test) if data.task == "regression" else None
+    (m,) = block_metrics(ev, data, loss, data.X_test.shape[0], sst)
+    return {f"test_{k}": v for k, v in m.items()}
+
+
 def _train_pack(
     cfgs: Sequence[TrialConfig],
     data: TensorSplit,
@@ -233,19 +262,7 @@ def _train_pack(
     sst = {"val": target_sst(data.y_val), "test": target_sst(data.y_test)} if regression else {}
 
     def metrics_of(ev: BlockEval, n: int, split: str) -> list[dict[str, float]]:
-        """Each trial's metrics on a split from its block's sums (``split_metrics``): one copy
-        to the host per block."""
-        loss_sum = ev.loss_sum.tolist()
-        if not regression:
-            assert ev.correct is not None
-            pairs = zip(loss_sum, ev.correct.tolist(), strict=True)
-            return [split_metrics(data.task, loss_name, n, v, correct=c) for v, c in pairs]
-        assert ev.sse is not None and ev.sae is not None
-        sums = zip(loss_sum, ev.sse.tolist(), ev.sae.tolist(), strict=True)
-        return [
-            split_metrics(data.task, loss_name, n, v, sse=q, sae=a, sst=sst[split], y_std=data.y_std)
-            for v, q, a in sums
-        ]
+        return block_metrics(ev, data, loss_name, n, sst.get(split))
 
     def leave(out: dict[int, tuple[str, str | None]]) -> None:
         """Finish the trials in ``out`` ({i: (status, error)}) and take them out of the pack."""

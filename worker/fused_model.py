@@ -259,6 +259,21 @@ class Block:
             return SingleOutput.apply(h, W, b)
         return torch.baddbmm(b, h, W)
 
+    @torch.no_grad()
+    def load(self, j: int, model: torch.nn.Module) -> None:
+        """Put a reference ``nn.Sequential`` of trial ``j``'s config into its row (the inverse
+        of ``model``): its true weights, zeros in the padding, as training leaves them."""
+        c = self.cfgs[j]
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        slots = [*range(c.layers), self.depth]
+        if len(linears) != len(slots):
+            raise ValueError(f"a model of {len(linears)} linear layers for a trial of {len(slots)}")
+        self.flat[j].zero_()
+        for lin, slot in zip(linears, slots, strict=True):
+            W, b = self.params[2 * slot][j], self.params[2 * slot + 1][j, 0]
+            W[: lin.in_features, : lin.out_features].copy_(lin.weight.T)
+            b[: lin.out_features].copy_(lin.bias)
+
     def model(self, j: int, n_features: int, n_outputs: int) -> torch.nn.Module:
         """Trial ``j`` of the block as the reference ``nn.Sequential`` (its true, unpadded weights)."""
         c = self.cfgs[j]

@@ -18,6 +18,7 @@ from gridsweep.claims import Claim
 from gridsweep.client import ApiClient
 from worker.data import DataCache
 from worker.handback import versions
+from worker.recall import Recall
 from worker.train import TrialResult
 
 
@@ -99,6 +100,7 @@ class PackHandle:
     device_name: str
     pack_threads: int
     allow_tf32: bool = False
+    recall: Recall | None = None  # search trials' results kept for their final trial
 
 
 def finite(metrics: dict[str, Any]) -> dict[str, float | None]:

@@ -40,6 +40,7 @@ from worker.handback import model_files, upload_model
 from worker.leases import Abandon, Held, PackHandle, TrialLost, failed, finite, outcome, repro_record
 from worker.pack_runner import run_packs
 from worker.packing import auto_pack_size, parse_pack_size
+from worker.recall import RECALL_BYTES, Recall, TrainedKey, as_final, reusable
 from worker.selection import Selection
 from worker.train import EpochMetrics, select_device
 from worker.uploaded import UploadedDatasets
@@ -77,6 +78,7 @@ class Worker:
         idle_exit_seconds: float | None = None,
         cache_dir: str | None = None,
         allow_tf32: bool = False,
+        recall_bytes: int = RECALL_BYTES,
     ) -> None:
         self.stopping = claiming.Stopping()  # setting it also wakes a waiting claim
         # Both clients stop retrying through an outage as soon as the worker is stopping.
@@ -97,6 +99,8 @@ class Worker:
         self.uploads = UploadedDatasets(self.client, cache_dir)
         self.data = DataCache(self.device, fetch=self.uploads.get)
         self.held = Held()
+        # Search trials' results kept so that their final trial needs no retrain (0: none kept).
+        self.recall = Recall(recall_bytes) if recall_bytes > 0 else None
         self.pending: list[dict[str, Any]] = []  # epoch reports the API has not taken yet
         self.heartbeat_seconds = 10.0
         self.worker_id = ""
@@ -251,6 +255,7 @@ class Worker:
             device_name=self.device_name,
             pack_threads=self.pack_threads,
             allow_tf32=self.allow_tf32,
+            recall=self.recall,
         )
 
     def _flush(self, retry_for: float | None = None) -> None:
@@ -306,17 +311,27 @@ class Worker:
             info = self.data.info(*c.source)
             repro = repro_record(c, self.device_name, info.data_hash)
             cfg = TrialConfig.from_params(c.params, c.seed, data.task, data.n_classes)
-            # The fused engine as a pack of one: the numbers this trial gets in any pack.
-            result = train_one(
-                cfg,
-                data,
-                on_epoch=on_epoch,
-                evaluate_test=c.evaluate_test,
-                train_on_validation=c.refit,
-                should_stop=should_stop,
-                allow_tf32=self.allow_tf32,
-                selection=Selection.from_claim(c, data.task),
-            )
+            selection = Selection.from_claim(c, data.task)
+            key = TrainedKey.of(c, cfg, selection, data)
+            held = self.recall.get(key) if self.recall is not None and reusable(c) else None
+            if held is not None:  # this worker trained it: the same numbers a retrain would give
+                result = as_final(held, cfg, data)
+                # Its curve, sent with the outcome's flush below (one request, not one per epoch).
+                self.pending.extend({**c.ref, **finite(m.to_dict())} for m in result.epochs)
+                log.info("trial %s: its search trial's training reused, scored on the test split", tid)
+            else:  # the fused engine as a pack of one: the numbers this trial gets in any pack
+                result = train_one(
+                    cfg,
+                    data,
+                    on_epoch=on_epoch,
+                    evaluate_test=c.evaluate_test,
+                    train_on_validation=c.refit,
+                    should_stop=should_stop,
+                    allow_tf32=self.allow_tf32,
+                    selection=selection,
+                )
+                if self.recall is not None and c.role == "search":
+                    self.recall.remember(key, result)
             if result.status == "stopped":
                 raise TrialLost if tid in self.held.lost else Abandon
             if c.upload_model and result.status == "succeeded" and result.model is not None:

@@ -26,6 +26,7 @@ from worker.claiming import Stopping
 from worker.fused import PackStopped
 from worker.fused_packs import train_packs
 from worker.leases import Abandon, PackHandle, failed, finite, outcome, repro_record
+from worker.recall import TrainedKey
 from worker.selection import Selection
 from worker.train import EpochMetrics, TrialResult
 
@@ -204,6 +205,8 @@ def _run_group(h: PackHandle, claimed: list[Claim], reporter: Reporter) -> None:
                 log.warning("trial %s: out of memory on %s, giving it back", c.trial_id, h.device)
                 reporter.release_oom([c.ref], r.error or "out of memory")
                 continue
+            if h.recall is not None and c.role == "search":
+                h.recall.remember(TrainedKey.of(c, cfgs[i], selections[i], data), r)
             o = outcome(c, repro, r)
             o["status"] = h.held.ended_as(c.trial_id, o["status"])
             outcomes.append(o)
@@ -224,6 +227,7 @@ def _run_group(h: PackHandle, claimed: list[Claim], reporter: Reporter) -> None:
             allow_tf32=h.allow_tf32,
             should_stop=should_stop,
             selections=selections,
+            keep_models=h.recall is not None,  # a search trial's model may serve its final trial
         )
     except PackStopped:
         raise Abandon from None  # Worker.run releases the pack's unfinished trials

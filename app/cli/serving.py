@@ -84,6 +84,12 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     metavar="SECONDS",
     help="Exit (code 0) once no trial has been claimable for SECONDS (alone: at the first empty claim).",
 )
+@click.option(
+    "--retrain-final",
+    is_flag=True,
+    help="Train a final trial again even when this worker trained its search trial "
+    "(default: reuse that training, the same numbers bit for bit, and score it on the test split).",
+)
 def worker(
     server: str,
     device: str,
@@ -91,9 +97,11 @@ def worker(
     pack_size: int | None,
     threads: int | None,
     exit_when_idle: float | None,
+    retrain_final: bool,
 ) -> None:
     """Claim trials from the API and train them."""
     from worker.loop import Worker
+    from worker.recall import RECALL_BYTES
 
     try:
         w = Worker(
@@ -106,6 +114,7 @@ def worker(
             idle_exit_seconds=exit_when_idle,
             cache_dir=get_settings().data_cache_dir,
             allow_tf32=get_settings().allow_tf32,
+            recall_bytes=0 if retrain_final else RECALL_BYTES,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
