@@ -16,6 +16,17 @@ REGRESSION_LOSSES = ("mse", "mae", "huber")
 CLASSIFICATION_LOSSES = ("bce", "cross_entropy")
 LOSSES = ("auto", *REGRESSION_LOSSES, *CLASSIFICATION_LOSSES)
 TASKS = ("classification", "regression")
+
+
+def device_name(spec: str | None) -> str:
+    """A device name, checked without torch: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower case).
+    Whether the device exists is the worker's to say (``worker.train.select_device``)."""
+    name = (spec or "auto").strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
+
+
 # The metrics every trial records per epoch on the validation split, by task: the trial's own
 # loss (val_loss) and metrics that are the same whatever its loss. Regression rmse/mae are in
 # the TARGET'S OWN UNITS (the standardization undone), r2 is scale free; classification

@@ -186,3 +186,27 @@ def wait_for(check: Callable[[], bool], timeout: float = 180) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_every_command_is_listed_where_it_lives_and_loads_alone() -> None:
+    """``gridsweep`` loads a command's module only when it runs (``COMMAND_MODULES``): the table
+    names every module's every command, and ``gridsweep worker`` imports none of the others."""
+    import importlib
+
+    from app.cli.main import COMMAND_MODULES
+
+    found = {}
+    for module in set(COMMAND_MODULES.values()):
+        for command in importlib.import_module(f"app.cli.{module}").COMMANDS:
+            found[command.name] = module
+    assert found == COMMAND_MODULES
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom app.cli.main import main\n"
+        "r = CliRunner().invoke(main, ['worker', '--help'])\nassert r.exit_code == 0, r.output\n"
+        "import json\nprint(json.dumps([m for m in sys.modules if m.startswith('app.cli.')]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded = set(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert "app.cli.serving" in loaded
+    assert not {"app.cli.ci", "app.cli.tokens", "app.cli.manage", "app.cli.data", "app.cli.sweeps"} & loaded

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,84 @@ def test_run_exits_quickly_with_its_output_written_and_the_store_closed(tmp_path
         timeout=120,
     )
     assert r.returncode == 2 and "missing.yaml: cannot read it" in r.stderr
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux: /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def test_ctrl_c_stops_the_run_its_worker_process_and_keeps_the_sweep(tmp_path: Path) -> None:
+    """The workers of ``run`` are child processes: Ctrl-C stops them (their trials released to the
+    store, queued again), ``run`` says how to go on and exits 130, and no worker is left behind."""
+    long = {**TINY, "parameters": {**TINY["parameters"], "epochs": 10000, "hidden_units": [8]}}
+    spec = tmp_path / "long.yaml"
+    spec.write_text(yaml.safe_dump(long))
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    args = [sys.executable, "-m", "app.cli", "run", str(spec), "--db", db, "--device", "cpu"]
+    log = tmp_path / "run.err"
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err_file)
+    from app.db import Database
+    from app.models import Trial
+
+    database = Database(db)
+
+    def statuses() -> list[tuple[str, bool]]:
+        with database.session(readonly=True) as s:
+            return [(str(t.status), t.worker_id is not None) for t in s.query(Trial).all()]
+
+    try:
+        deadline = time.monotonic() + 120
+        while "sweep 1:" not in log.read_text() or statuses() != [("running", True)]:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        workers = children(proc.pid)
+        assert workers
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        err = log.read_text()
+        assert proc.returncode == 130, err
+        assert "interrupted: sweep 1 stays running" in err and "gridsweep up --db" in err, err
+        assert not any(alive(w) for w in workers)
+        assert statuses() == [("queued", False)]  # released by the worker, not left to a lease
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        database.dispose()
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this machine has a CUDA device")
+def test_a_missing_cuda_device_is_a_usage_error_before_the_sweep_is_stored(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*run_args(tmp_path, "--json")[:-3], "--device", "cuda", "--json"],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "CUDA is not available" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout)["exit_code"] == 2
+    from app.db import Database
+    from app.models import Sweep
+
+    database = Database(f"sqlite:///{tmp_path / 'run.db'}")
+    try:
+        with database.session(readonly=True) as s:
+            assert s.query(Sweep).count() == 0
+    finally:
+        database.dispose()

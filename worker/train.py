@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gridsweep.datasets import SplitData
-from gridsweep.vocab import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, resolve_loss
+from gridsweep.vocab import ACTIVATIONS, MOMENTUM, OPTIMIZERS, TrialConfig, device_name, resolve_loss
 from worker.metrics import (
     EpochMetrics,
     TrialResult,
@@ -96,7 +96,7 @@ BATCH_SEED_MULTIPLIER = 1_000_003
 
 def select_device(spec: str = "auto") -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    spec = (spec or "auto").strip().lower()
+    spec = device_name(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -104,13 +104,10 @@ def select_device(spec: str = "auto") -> torch.device:
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
-        if spec != "cuda":
-            idx = spec.split(":", 1)[1]
-            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
-                n = torch.cuda.device_count()
-                raise ValueError(f"device {spec!r} does not exist ({n} CUDA device(s))")
-        return torch.device(spec)
-    raise ValueError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
+        if spec != "cuda" and int(spec.split(":", 1)[1]) >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ValueError(f"device {spec!r} does not exist ({n} CUDA device(s))")
+    return torch.device(spec)
 
 
 @dataclass

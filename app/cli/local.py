@@ -36,8 +36,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait for ``GET /healthz`` to answer 200 (or the server process to die)."""
+def wait_healthy(
+    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None, interval: float = 0.1
+) -> None:
+    """Wait for ``GET /healthz`` to answer 200 (or the server process to die), asking every ``interval`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -47,7 +49,7 @@ def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] 
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
+        time.sleep(interval)
     raise TimeoutError(f"server at {url} not healthy after {timeout}s")
 
 
@@ -94,10 +96,37 @@ def gridsweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
-def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: Sequence[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
+) -> subprocess.Popen[bytes]:
     """A child in a process group of its own: a terminal's Ctrl-C reaches only the parent,
     which stops its children in order (``stop_all``)."""
-    return subprocess.Popen(list(args), env={**os.environ, **(env or {})}, process_group=0)
+    return subprocess.Popen(list(args), env={**os.environ, **(env or {})}, process_group=0, pass_fds=pass_fds)
+
+
+def spawn_worker(
+    args: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A ``gridsweep worker`` child (``args``: its options) that writes one line on a pipe once it
+    has started: ``ready`` (imported, its device checked) or ``error: ...``. Returns the child and
+    the pipe's read end, for ``worker_started``."""
+    read, write = os.pipe()
+    try:
+        proc = spawn(gridsweep_cmd("worker", *args, "--ready-fd", str(write)), env=env, pass_fds=(write,))
+    finally:
+        os.close(write)  # the child holds its copy: the pipe ends when the child writes or exits
+    return proc, read
+
+
+def worker_started(proc: subprocess.Popen[bytes], read_fd: int) -> str | None:
+    """Wait until the worker of ``spawn_worker`` has started; None, or why it could not (the
+    caller closes ``read_fd``)."""
+    with os.fdopen(read_fd, "rb", closefd=False) as pipe:
+        line = pipe.readline().decode(errors="replace").strip()
+    if line == "ready":
+        return None
+    code = proc.wait()
+    return line.removeprefix("error: ") if line else f"the worker exited with code {code} as it started"
 
 
 def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -90,6 +91,7 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     help="Train a final trial again even when this worker trained its search trial "
     "(default: reuse that training, the same numbers bit for bit, and score it on the test split).",
 )
+@click.option("--ready-fd", type=int, default=None, hidden=True)  # `gridsweep run`: app/cli/local.py
 def worker(
     server: str,
     device: str,
@@ -98,8 +100,10 @@ def worker(
     threads: int | None,
     exit_when_idle: float | None,
     retrain_final: bool,
+    ready_fd: int | None,
 ) -> None:
     """Claim trials from the API and train them."""
+    ready = os.fdopen(ready_fd, "w") if ready_fd is not None else None
     from worker.loop import Worker
     from worker.recall import RECALL_BYTES
 
@@ -117,13 +121,24 @@ def worker(
             recall_bytes=0 if retrain_final else RECALL_BYTES,
         )
     except ValueError as exc:
+        if ready is not None:  # the parent (`gridsweep run`) says it, as its own usage error
+            ready.write(f"error: {exc}\n")
+            ready.close()
+            sys.exit(2)
         raise click.UsageError(str(exc)) from exc
     w.install_signal_handlers()
+    if ready is not None:
+        ready.write("ready\n")
+        ready.close()
+        try:  # the parent's API starts beside this worker: register once it answers
+            wait_healthy(server, timeout=120, interval=0.02)
+        except TimeoutError as exc:
+            raise Unreachable(f"cannot reach the API at {server}: {exc}") from exc
     try:
         n = w.run()
     except ApiError as exc:
         raise Unreachable(f"cannot reach the API at {server}: {exc}") from exc
-    click.echo(f"worker stopped after {n} trials", err=True)
+    logging.getLogger("gridsweep.worker").info("worker stopped after %d trials", n)
 
 
 @click.command()

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import sys
 import time
+from typing import Any
 
 import click
 
 from app.cli import output as out
 from app.cli import reports
 from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, call, make_client, masked_url
-from app.cli.local import ThreadServer, free_port, gridsweep_cmd, local_threads, spawn, stop_all
+from app.cli.local import (
+    ThreadServer,
+    free_port,
+    local_threads,
+    spawn_worker,
+    stop_all,
+    worker_started,
+)
 from app.cli.options import (
     db_option,
     log_options,
@@ -22,7 +34,12 @@ from app.cli.options import (
     verbosity_flags,
 )
 from app.cli.waiting import TERMINAL, Follower
+from gridsweep.client import ApiClient
 from gridsweep.logs import configure_logging
+from gridsweep.vocab import device_name
+
+# How often `run` asks whether its sweep has ended (its workers stop then).
+END_POLL_SECONDS = 0.1
 
 
 @click.command()
@@ -56,72 +73,75 @@ def run(
     the ETA; off a terminal, one plain line per finished trial. The in-process API and the
     workers log warnings only: -v shows their INFO lines, -vv DEBUG; -q prints only the result.
     """
-    from worker.loop import Worker
-    from worker.train import select_device
-
     level = run_log_level(verbose, quiet, debug=bool(ctx.parent and ctx.parent.params.get("verbose")))
     configure_logging(level=level, fmt=log_options(False)["fmt"])
     spec = out.load_spec(spec_file)
-    try:  # a bad --device fails here, not after the sweep is stored (left queued, with a traceback)
-        select_device(device)
+    try:  # a misspelt --device fails here, before anything is stored (the worker checks it exists)
+        device = device_name(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    # An in-process API on loopback for this one run: its own workers need no token.
+    # An in-process API on loopback for this one run: its workers need no token. The workers are
+    # child processes started first: their import of torch (most of a small run's fixed cost)
+    # overlaps this process's imports, migrations and API start-up on the other cores.
     settings = settings_for(db).model_copy(update={"auth": "off"})
-    open_store(settings.database_url)
-    started = time.monotonic()
-    with ThreadServer(settings, port=free_port()) as srv:
-        client = make_client(srv.url)
-        created = call(client, "POST", "/api/v1/sweeps", json=spec.model_dump(mode="json"))
-        sid = created["id"]
-        if not quiet:
-            click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
-
-        def sweep_done() -> bool:
-            return call(client, "GET", f"/api/v1/sweeps/{sid}")["status"] in TERMINAL
-
-        threads = local_threads(workers)
-        helpers = [
-            spawn(
-                gridsweep_cmd(
-                    "worker",
-                    "--server",
-                    srv.url,
-                    "--device",
-                    device,
-                    "--pack-size",
-                    str(pack_size or "auto"),
-                    "--threads",
-                    str(threads),
-                ),
-                env={"GRIDSWEEP_LOG_LEVEL": level},
-            )
-            for _ in range(workers - 1)
-        ]
-        try:
-            w = Worker(
-                srv.url,
-                device=device,
-                pack_size=pack_size,
-                # A fused CPU pack trains in `threads` parts; one trial at a time (final trials,
-                # --pack-size 1) gets one torch thread: OpenMP threads beside the in-process API
-                # spin on a small machine (see local_threads).
-                threads=1,
-                pack_threads=threads,
-                exit_when=sweep_done,
-                cache_dir=settings.data_cache_dir,
-                allow_tf32=settings.allow_tf32,
-            )
-            w.install_signal_handlers()
-            if quiet:
-                w.run()
-            else:
-                with Follower(make_client(srv.url), sid):
-                    w.run()
-        finally:
-            stop_all(helpers)
-        sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")
-        board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    threads = str(local_threads(workers))
+    options = [
+        "--server",
+        url,
+        "--device",
+        device,
+        "--pack-size",
+        str(pack_size or "auto"),
+        "--threads",
+        threads,
+    ]
+    env = {"GRIDSWEEP_LOG_LEVEL": level}
+    # Each says on a pipe when it has started, and then waits quietly for the API to answer.
+    started_workers = [spawn_worker(options, env) for _ in range(workers)]
+    procs = [p for p, _ in started_workers]
+    first, first_ready = started_workers[0]
+    # `kill` stops the run as Ctrl-C does: the workers release their trials (an ignored signal stays so).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
+    sid: int | None = None
+    try:
+        open_store(settings.database_url)
+        started = time.monotonic()
+        with ThreadServer(settings, port=port) as srv:
+            client = make_client(srv.url)
+            try:
+                # Only a CUDA device can be missing (the worker's select_device): then wait for the
+                # worker's word before storing the sweep. Otherwise the sweep is queued while the
+                # worker still imports, and it claims the moment it is up.
+                if device.startswith("cuda") and (problem := worker_started(first, first_ready)):
+                    raise click.UsageError(problem)
+                created = call(client, "POST", "/api/v1/sweeps", json=spec.model_dump(mode="json"))
+                sid = created["id"]
+                if not quiet:
+                    click.echo(f"sweep {sid}: {created['n_trials']} trials on {spec.dataset}", err=True)
+                follow = contextlib.nullcontext() if quiet else Follower(make_client(srv.url), sid)
+                with follow:
+                    wait_for_end(client, sid, procs)
+            except KeyboardInterrupt:
+                pass  # the sweep stays as it is in the store (said below)
+            finally:  # while the API answers: the workers release what they hold and sign off
+                _stop(procs)
+            if sid is None:
+                click.echo("interrupted before the sweep was stored", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            sweep = call(client, "GET", f"/api/v1/sweeps/{sid}")
+            board = call(client, "GET", f"/api/v1/sweeps/{sid}/leaderboard", params={"limit": top})
+    except KeyboardInterrupt:  # before the API answered
+        click.echo("interrupted before the sweep was stored", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        _stop(procs)
+        for _, ready in started_workers:  # read by worker_started (CUDA), or not at all
+            with contextlib.suppress(OSError):
+                os.close(ready)
     if sweep["status"] not in TERMINAL:  # Ctrl-C: the worker stopped, the sweep waits in the store
         message = (
             f"interrupted: sweep {sid} stays {sweep['status']} in {masked_url(settings.database_url)}; "
@@ -145,6 +165,28 @@ def run(
         click.echo(out.best_text(sweep.get("best")))
     if verdict.code:
         sys.exit(verdict.code)
+
+
+def wait_for_end(client: ApiClient, sweep_id: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until the sweep has ended, or every local worker has exited (said on stderr)."""
+    while call(client, "GET", f"/api/v1/sweeps/{sweep_id}")["status"] not in TERMINAL:
+        if all(p.poll() is not None for p in procs):
+            codes = ", ".join(str(p.returncode) for p in procs)
+            click.echo(f"the local worker(s) exited (exit code {codes}) before the sweep ended", err=True)
+            return
+        time.sleep(END_POLL_SECONDS)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the workers (once: a second Ctrl-C while they release their trials is ignored)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_IGN)
+    stop_all(procs)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @click.command()
