@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.migrate import upgrade
 from tests.conftest import Server
 
 SPEC: dict[str, Any] = {
@@ -82,11 +83,14 @@ def final_trial(server: Server, sid: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_a_final_trial_reuses_its_search_training_with_the_numbers_of_a_retrain(
-    db_url: str, start_server: Callable[..., Server], start_worker: Callable[..., Any], tmp_path: Any
+    start_server: Callable[..., Server], start_worker: Callable[..., Any], tmp_path: Any
 ) -> None:
     """The worker that trained the best config scores that training on the test split instead
-    of training it again (worker/recall.py); ``--retrain-final`` trains it: the same numbers."""
-    server = start_server(db_url)
+    of training it again (worker/recall.py); ``--retrain-final`` trains it: the same numbers.
+    A worker's behaviour over HTTP: one store is enough (the store's own tests run on both)."""
+    db = f"sqlite:///{tmp_path / 'reuse.db'}"
+    upgrade(db)
+    server = start_server(db)
     reused, _ = run_sweep(server, start_worker, "8")
     retrained, _ = run_sweep(server, start_worker, "8", "--retrain-final")
     logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
