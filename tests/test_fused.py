@@ -202,6 +202,47 @@ def test_optimizer_step_is_bitwise_torch_optim_in_float32() -> None:
                 assert torch.equal(p.detach(), stacked.detach()[k]), kind
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_optimizer_step_across_blocks_is_torch_optim_per_trial(dtype: torch.dtype) -> None:
+    """Two blocks (one learning rate shared across them: one fused call on CPU), trials
+    leaving between steps: every remaining trial's parameters stay torch.optim's, bit for bit."""
+    torch.manual_seed(1)
+    for kind in OPTIMIZERS:
+        a = [
+            cfg_(optimizer=kind, learning_rate=lr, weight_decay=0.01, seed=i)
+            for i, lr in enumerate([0.01, 0.03])
+        ]
+        b = [
+            cfg_(optimizer=kind, layers=2, learning_rate=lr, seed=5 + i)
+            for i, lr in enumerate([0.03, 0.002, 0.01])
+        ]
+        blocks = [Block(a, [0, 1], 3, 1, dtype, torch.device("cpu")),
+                  Block(b, [2, 3, 4], 3, 1, dtype, torch.device("cpu"))]  # fmt: skip
+        opt = StackedOptimizer(kind, blocks)
+        cfgs = [*a, *b]
+        singles = {blk.ids[k]: [p[k].detach().clone().requires_grad_() for p in blk.params]
+                   for blk in blocks for k in range(blk.K)}  # fmt: skip
+        refs = {i: train.make_optimizer(cfgs[i], ps) for i, ps in singles.items()}
+        for step in range(5):
+            if step == 2:  # a trial of each block leaves: the optimizer is bound again
+                for blk in blocks:
+                    blk.keep(list(range(1, blk.K)))
+                opt.bind(blocks)
+            grads = [torch.randn_like(p) for p in opt.params]
+            opt.step(grads)
+            it = iter(grads)
+            for blk in blocks:
+                gs = [next(it) for _ in blk.params]
+                for k, i in enumerate(blk.ids):
+                    for p, g in zip(singles[i], gs, strict=True):
+                        p.grad = g[k].clone()
+                    refs[i].step()
+        for blk in blocks:
+            for k, i in enumerate(blk.ids):
+                for p, stacked in zip(singles[i], blk.params, strict=True):
+                    assert torch.equal(p.detach(), stacked.detach()[k]), (kind, i)
+
+
 @cache
 def friedman32() -> TensorSplit:
     return to_tensors(split_dataset(load_builtin("friedman1"), 0.2, 0.2, seed=0), "cpu", torch.float32)

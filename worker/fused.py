@@ -18,12 +18,13 @@ Exactness (what makes a packed trial the same function as ``train_trial``):
 * Batches: ``epoch_permutation(split_seed, epoch)``, the same for every trial.
 * Dropout: each trial's masks come from its own generator, drawn at its true width
   and only in its true layers, in forward order (``BlockDropout``).
-* Optimizer: the elementwise ops of torch.optim's ``foreach=False`` path in the
-  same order, with per-trial scalars as tensors in forms that round the same
-  (worker/fused_opt.py): the update itself is bitwise torch.optim's.
+* Optimizer: Adam/AdamW on a CPU run torch.optim's fused kernel on each trial's own
+  tensors, as ``torch.optim.Adam(fused=True)`` does; SGD (and CUDA) the elementwise ops of
+  torch.optim's ``foreach=False`` path in the same order, with per-trial scalars as tensors
+  in forms that round the same (worker/fused_opt.py): the update itself is bitwise torch.optim's.
 * Only the matmul summation order (bmm vs mm), loss reductions, padding (below) and, on a
-  CPU, tanh (computed as ``2 sigmoid(2x) - 1``, ~3x faster there; ``SigmoidTanh``) may
-  differ: float64 agrees to ~1e-12, float32 to round-off.
+  CPU with AVX2 kernels, tanh (computed as ``2 sigmoid(2x) - 1``, ~3x faster there;
+  ``SigmoidTanh``) may differ: float64 agrees to ~1e-12, float32 to round-off.
 
 Reproducibility (what makes a trial's numbers the same in ANY pack, bit for bit: every
 epoch's metrics and the final weights depend on its config, seed, data, split, versions and

@@ -1,8 +1,15 @@
 """One optimizer step for every stacked tensor of a pack, as torch.optim does it per trial.
 
-Reproduces ``torch.optim`` SGD (with and without momentum), Adam and AdamW on the
-``foreach=False`` path, elementwise op for op, with per-trial learning rate and
-weight decay as ``[K, 1]`` columns (one row per trial of a block):
+On a CPU, Adam and AdamW call torch.optim's fused kernel (``torch._fused_adam_``, what
+``Adam(fused=True)`` runs) on each trial's own parameter slices, trials of one learning rate
+and weight decay in one call: one pass over the memory instead of eight ops (~5x faster per
+step on a [16, 35k] block), and each trial's tensors at its canonical shapes, so the update
+is the reference's bit for bit and independent of the pack (``_fused_step``).
+
+Elsewhere (SGD, momentum; Adam/AdamW on CUDA, where a call per trial would cost a kernel
+launch each) it reproduces ``torch.optim``'s ``foreach=False`` path, elementwise op for op,
+with per-trial learning rate and weight decay as ``[K, 1]`` columns (one row per trial of a
+block):
 
 * ``grad.add(param, alpha=wd)`` -> ``addcmul(grad, param, wd_k)`` (the CPU kernels
   round both with one fused multiply-add);
@@ -42,6 +49,8 @@ class StackedOptimizer:
             raise ValueError(f"unknown optimizer {kind!r} (use one of {OPTIMIZERS})")
         self.kind = kind
         self.steps = 0
+        # CPU Adam/AdamW: torch's fused kernel, one pass over each tensor (``_fused_step``).
+        self.fused = kind in FUSED_KERNELS and bool(blocks) and blocks[0].flat.device.type == "cpu"
         self.weight_decay = any(c.weight_decay != 0 for b in blocks for c in b.cfgs)
         for b in blocks:
             self._init_block(b)
@@ -78,6 +87,24 @@ class StackedOptimizer:
         if blocks:
             p0 = self.flats[0]
             self.eps = torch.full((), EPS, dtype=p0.dtype, device=p0.device)
+        if self.fused:
+            self._bind_fused()
+
+    def _bind_fused(self) -> None:
+        """Per trial and parameter, the views the fused kernel updates (each a trial's own
+        contiguous slice of its block's buffers), grouped by (lr, weight decay): one kernel
+        call per group, so trials of one learning rate in different blocks share a call."""
+        self.rows: list[dict[str, list[list[torch.Tensor]]]] = []  # [block][name][param][k]
+        for b in self.blocks:
+            st = b.opt_state
+            bufs = {"param": b.flat, "exp_avg": st["exp_avg"][0], "exp_avg_sq": st["exp_avg_sq"][0]}
+            self.rows.append({name: _param_rows(buf, b) for name, buf in bufs.items()})
+        self.groups: dict[tuple[float, float], list[tuple[int, int]]] = {}
+        for bi, b in enumerate(self.blocks):
+            for k, c in enumerate(b.cfgs):
+                self.groups.setdefault((c.learning_rate, c.weight_decay), []).append((bi, k))
+        # torch.optim keeps the step count as a float32 tensor; the kernel reads it from there.
+        self.step_t = torch.zeros((), dtype=torch.float32)
 
     def _flat_grads(self, grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
         """The per-parameter gradients as one ``[K, P]`` tensor per block (the flats' layout)."""
@@ -87,9 +114,36 @@ class StackedOptimizer:
         return out
 
     @torch.no_grad()
+    def _fused_step(self, grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> None:
+        """Adam/AdamW as ``torch.optim.Adam(fused=True)`` steps each trial's parameters: the
+        same kernel on the same tensors (a trial's own slices, at its canonical shapes), so
+        the update is bitwise torch.optim's and no trial's elements depend on its neighbours.
+        One pass per tensor instead of the eight of the unfused ops (~5x faster per step)."""
+        self.step_t.fill_(self.steps)
+        grad_rows, it = [], iter(grads)
+        for b in self.blocks:
+            grad_rows.append([next(it).unbind(0) for _ in b.params])
+        kernel = FUSED_KERNELS[self.kind]
+        for (lr, wd), members in self.groups.items():
+            lists: dict[str, list[torch.Tensor]] = {"param": [], "grad": [], "exp_avg": [], "exp_avg_sq": []}
+            for bi, k in members:
+                rows = self.rows[bi]
+                for name in ("param", "exp_avg", "exp_avg_sq"):
+                    lists[name].extend(r[k] for r in rows[name])
+                lists["grad"].extend(g[k] for g in grad_rows[bi])
+            kernel(
+                lists["param"], lists["grad"], lists["exp_avg"], lists["exp_avg_sq"], [],
+                [self.step_t] * len(lists["param"]),
+                lr=lr, beta1=BETA1, beta2=BETA2, weight_decay=wd, eps=EPS, amsgrad=False, maximize=False,
+            )  # fmt: skip
+
+    @torch.no_grad()
     def step(self, grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> None:
         """One step from ``grads``, the gradients of ``self.params`` in order."""
         self.steps += 1
+        if self.fused:
+            self._fused_step(grads)
+            return
         params = self.flats
         flat = self._flat_grads(grads)
         if self.kind in ("sgd", "momentum"):
@@ -131,6 +185,18 @@ class StackedOptimizer:
         torch._foreach_addcdiv_(params, torch._foreach_mul(exp_avg, per_block), denom)
 
 
+def _param_rows(buf: torch.Tensor, b: Block) -> list[list[torch.Tensor]]:
+    """``buf`` (``[K, P]``, laid out like ``b.flat``) as per parameter, per trial views."""
+    out, start = [], 0
+    for shape in b.shapes:
+        n = shape.numel()
+        out.append(list(buf[:, start : start + n].view(b.K, *shape).unbind(0)))
+        start += n
+    return out
+
+
+# torch.optim's fused CPU/CUDA kernels, by optimizer.
+FUSED_KERNELS = {"adam": torch._fused_adam_, "adamw": torch._fused_adamw_}
 # Optimizer entries with one value per trial ([K,1]), and those shaped like a block's buffer.
 _PER_TRIAL = {"wd", "neg_lr", "decay"}
 _PER_BLOCK = {"exp_avg", "exp_avg_sq", "buf"}
