@@ -141,3 +141,23 @@ def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) ->
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def stop_on_signals() -> None:
+    """``kill`` and a closed terminal (SIGTERM, SIGHUP) stop a local command the way Ctrl-C
+    does (raise ``KeyboardInterrupt``), so it stops its children instead of orphaning them.
+    A signal that is ignored (``nohup``) stays ignored."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
+
+
+def ignore_signals() -> None:
+    """Ignore Ctrl-C, SIGTERM and SIGHUP from here on: while the children stop and release
+    their trials, a second Ctrl-C must not cut that short."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
-from typing import Any
 
 import click
 
 from app.cli.api import Unreachable, masked_url
-from app.cli.local import gridsweep_cmd, local_threads, spawn, stop_all, wait_healthy
+from app.cli.local import (
+    gridsweep_cmd,
+    ignore_signals,
+    local_threads,
+    spawn,
+    stop_all,
+    stop_on_signals,
+    wait_healthy,
+)
 from app.cli.options import (
     auth_option,
     check_exposure,
@@ -165,10 +171,8 @@ def up(
         raise click.UsageError("auth is on: set GRIDSWEEP_TOKEN to a worker token for the local workers")
     url = f"http://{host}:{port}"
     # `kill` and a closed terminal stop everything the way Ctrl-C does (by default they ended
-    # this process alone and orphaned the server and workers). An ignored signal stays ignored (nohup).
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, _interrupt)
+    # this process alone and orphaned the server and workers).
+    stop_on_signals()
     serve_args = ["serve", "--host", host, "--port", str(port), "--auth", settings.auth]
     server = spawn(
         gridsweep_cmd(*serve_args, *(["--insecure"] if insecure else [])),
@@ -196,15 +200,10 @@ def up(
     finally:
         # The children have process groups of their own (a terminal's Ctrl-C reaches only this
         # process): workers stop first and release their trials while the server still answers.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()
         stop_all(procs[1:])
         stop_all(procs[:1])
     sys.exit(code)
-
-
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 COMMANDS = (db, serve, worker, up)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import click
 
@@ -18,9 +16,11 @@ from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, call, make_client, ma
 from app.cli.local import (
     ThreadServer,
     free_port,
+    ignore_signals,
     local_threads,
     spawn_worker,
     stop_all,
+    stop_on_signals,
     worker_started,
 )
 from app.cli.options import (
@@ -102,10 +102,8 @@ def run(
     started_workers = [spawn_worker(options, env) for _ in range(workers)]
     procs = [p for p, _ in started_workers]
     first, first_ready = started_workers[0]
-    # `kill` stops the run as Ctrl-C does: the workers release their trials (an ignored signal stays so).
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, _interrupt)
+    # `kill` stops the run as Ctrl-C does: the workers release their trials.
+    stop_on_signals()
     sid: int | None = None
     try:
         open_store(settings.database_url)
@@ -179,14 +177,8 @@ def wait_for_end(client: ApiClient, sweep_id: int, procs: list[subprocess.Popen[
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the workers (once: a second Ctrl-C while they release their trials is ignored)."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, signal.SIG_IGN)
+    ignore_signals()
     stop_all(procs)
-
-
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 @click.command()
