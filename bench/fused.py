@@ -11,7 +11,8 @@ process, one after another:
   (c) gridsweep fused (worker.fused_packs.train_packs, packs of --pack-size in claim order, each
       in one part per core as the worker does), also as one part on all cores (OpenMP, with
       worker.fused.train_pack: the worker trains each part on one torch thread), and
-      with blocks forced to exact architectures ("group") or padded ("pad", "pad_all")
+      with blocks forced to whole exact architectures ("group": auto on a CPU also cuts them to fit
+      a core's cache) or padded ("pad", "pad_all")
   (d) scikit-learn MLPRegressor (adam, batch 256, 5 iterations)
   (e) early stopping (issue 13), on its own small grid: synthetic16 cut to 1,500 train / 500
       validation rows, layers {1,2} x hidden 256 x {relu,tanh} x 8 learning rates log-spaced
@@ -270,7 +271,7 @@ def main() -> None:
         )
         gflops = useful_flops(cfgs, data) / (n / rate["c"]) / 1e9
         rate["omp"], _ = timed(f"    fused, one part on {threads} torch threads", omp_packs, n)
-        rate["group"], _ = timed("    fused, blocks by exact architecture", lambda: packs("group"), n)
+        rate["group"], _ = timed("    fused, blocks by whole exact architecture", lambda: packs("group"), n)
         rate["pad"], _ = timed("    fused, widths padded (blocks by depth)", lambda: packs("pad"), n)
         rate["pad_all"], _ = timed("    fused, widths and depths padded", lambda: packs("pad_all"), n)
     if "b" in only:

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+import worker.fused_model as fused_model
 import worker.fused_packs as fused_packs
 import worker.train as train
 from gridsweep.datasets import load_builtin, make_dataset, split_dataset
 from gridsweep.vocab import ACTIVATIONS, OPTIMIZERS, TrialConfig
 from worker.fused import train_pack
-from worker.fused_model import Block, activation_fn, pack_losses
+from worker.fused_model import Block, SigmoidTanh, activation_fn, pack_losses
 from worker.fused_opt import StackedOptimizer
 from worker.fused_packs import train_packs
 from worker.packing import pack_bytes_per_trial, plan_blocks
@@ -167,17 +168,54 @@ def test_padded_units_stay_exactly_zero(optimizer: str, activation: str) -> None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_tanh_is_torch_tanh_to_round_off(dtype: torch.dtype) -> None:
-    """The fused CPU tanh (2 sigmoid(2x) - 1, in place) and its gradient against torch.tanh."""
+@pytest.mark.parametrize("which", ["SigmoidTanh", "this CPU's choice"])
+def test_cpu_tanh_is_torch_tanh_to_round_off(dtype: torch.dtype, which: str) -> None:
+    """The fused CPU tanh (2 sigmoid(2x) - 1 in place, or torch.tanh_ where that is the faster)
+    and its gradient against torch.tanh."""
+    tanh = SigmoidTanh.apply if which == "SigmoidTanh" else activation_fn("tanh", torch.device("cpu"))
     x = torch.cat([torch.linspace(-20, 20, 4001, dtype=dtype), torch.tensor([0.0, -0.0], dtype=dtype)])
     want = torch.tanh(x)
-    got = activation_fn("tanh", torch.device("cpu"))(x.clone())
+    got = tanh(x.clone())
     eps = torch.finfo(dtype).eps
     assert (got - want).abs().max() <= 2 * eps  # absolute: within ~1 ulp of 1.0
     assert got[-2:].eq(0).all() and got.abs().max() <= 1  # tanh(0) = 0 exactly: padding stays zero
     leaf = x.clone().requires_grad_()
-    (g,) = torch.autograd.grad(activation_fn("tanh", torch.device("cpu"))(leaf * 1).sum(), leaf)
+    (g,) = torch.autograd.grad(tanh(leaf * 1).sum(), leaf)
     assert torch.allclose(g, 1 - want**2, rtol=0, atol=4 * eps)
+
+
+@pytest.mark.parametrize(
+    ("capability", "vendor", "sigmoid_tanh"),
+    [
+        ("AVX512", "GenuineIntel", False),  # torch's AVX-512 tanh is the faster there
+        ("AVX512", "AuthenticAMD", True),  # 512-bit ops in two 256-bit halves: tanh ~3.5x slower
+        ("AVX2", "GenuineIntel", True),
+        ("AVX2", "AuthenticAMD", True),
+        ("DEFAULT", "", True),
+    ],
+)
+def test_tanh_kernel_is_chosen_by_cpu_kind_not_by_timing(
+    monkeypatch: pytest.MonkeyPatch, capability: str, vendor: str, sigmoid_tanh: bool
+) -> None:
+    """The choice of tanh is a function of the CPU's kind (the same on every run of a machine:
+    the two round differently, and a kind reproduces its own numbers bit for bit)."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(fused_model, "cpu_vendor", lambda: vendor)
+    assert fused_model.sigmoid_tanh_is_faster() is sigmoid_tanh
+    fn = fused_model.activation_fn("tanh", torch.device("cpu"))
+    assert (fn == SigmoidTanh.apply) is sigmoid_tanh
+    assert fused_model.activation_fn("tanh", torch.device("cuda")) is torch.tanh_  # CUDA: its own
+
+
+def test_cpu_vendor_reads_proc_cpuinfo() -> None:
+    """The vendor comes from /proc/cpuinfo where there is one (Linux)."""
+    fused_model.cpu_vendor.cache_clear()
+    try:
+        with open("/proc/cpuinfo") as f:
+            want = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
+    except OSError:
+        want = ""
+    assert fused_model.cpu_vendor() == want
 
 
 def test_optimizer_step_is_bitwise_torch_optim_in_float32() -> None:
@@ -398,6 +436,20 @@ def test_plan_blocks_groups_pads_and_merges_tiny_groups() -> None:
     assert sorted(map(sorted, gpu)) == [list(range(32)), list(range(32, 48))]
     with pytest.raises(ValueError, match="unknown packing mode"):
         plan_blocks(cfgs, 16, 1, mode="bogus")
+
+
+def test_cpu_blocks_are_cut_to_fit_a_cores_cache() -> None:
+    """auto on a CPU cuts an architecture into near-equal blocks whose [K, batch, width]
+    activations fit BLOCK_CACHE_BYTES (1 MiB: 8 float32 trials of width 128 at batch 256)."""
+    wide = [cfg_(layers=2, hidden_units=(128, 100), batch_size=256, seed=s) for s in range(20)]
+    narrow = [cfg_(layers=1, hidden_units=(32,), batch_size=256, seed=s) for s in range(20)]
+    assert plan_blocks(wide, 16, 1) == [list(range(7)), list(range(7, 14)), list(range(14, 20))]
+    assert plan_blocks(wide, 16, 1, dtype_bytes=8) == [list(range(s, s + 4)) for s in range(0, 20, 4)]
+    assert plan_blocks(wide, 16, 1, mode="group") == [list(range(20))]  # group: never cut
+    assert plan_blocks(narrow, 16, 1) == [list(range(20))]  # 20 x 256 x 32 x 4 bytes fit
+    huge = [cfg_(hidden_units=(4096,), batch_size=512, seed=s) for s in range(3)]
+    assert plan_blocks(huge, 16, 1) == [[0], [1], [2]]  # one trial per block at the least
+    assert plan_blocks(wide, 16, 1, device="cuda") == [list(range(20))]  # a GPU: never cut
 
 
 def test_pack_size_option() -> None:

@@ -23,8 +23,8 @@ Exactness (what makes a packed trial the same function as ``train_trial``):
   torch.optim's ``foreach=False`` path in the same order, with per-trial scalars as tensors
   in forms that round the same (worker/fused_opt.py): the update itself is bitwise torch.optim's.
 * Only the matmul summation order (bmm vs mm), loss reductions, padding (below) and, on a
-  CPU with AVX2 kernels, tanh (computed as ``2 sigmoid(2x) - 1``, ~3x faster there;
-  ``SigmoidTanh``) may differ: float64 agrees to ~1e-12, float32 to round-off.
+  CPU but an Intel one with AVX-512 kernels, tanh (computed as ``2 sigmoid(2x) - 1``, ~3x
+  faster there; ``SigmoidTanh``) may differ: float64 agrees to ~1e-12, float32 to round-off.
 
 Reproducibility (what makes a trial's numbers the same in ANY pack, bit for bit: every
 epoch's metrics and the final weights depend on its config, seed, data, split, versions and
@@ -244,7 +244,7 @@ def _train_pack(
     first = cfgs[0]
     device, dtype = data.device, data.dtype
     n_out = n_outputs_for(loss_name, data.n_classes)
-    plan = plan_blocks(cfgs, data.n_features, n_out, mode=mode, device=device)
+    plan = plan_blocks(cfgs, data.n_features, n_out, mode=mode, device=device, dtype_bytes=dtype.itemsize)
     blocks = [Block([cfgs[i] for i in ids], ids, data.n_features, n_out, dtype, device) for ids in plan]
     opt = StackedOptimizer(first.optimizer, blocks)
 

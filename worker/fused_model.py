@@ -6,6 +6,7 @@ reproducibility rules.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -64,13 +65,32 @@ class SigmoidTanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``; ``""`` where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def sigmoid_tanh_is_faster() -> bool:
-    """Whether this CPU's kernels make ``SigmoidTanh`` the faster tanh: with AVX2 kernels
-    torch's ``tanh`` is ~3.5x slower than ``sigmoid``; with AVX-512 ones it is faster than the
-    four passes of ``SigmoidTanh`` (0.20 against 0.55 ms for a [16, 256, 128] float32 block).
-    A function of the kernels torch runs (``ATEN_CPU_CAPABILITY`` included), so each CPU kind
-    computes every trial one way, as it runs its own kernels anyway (worker/fused.py)."""
-    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    """Whether this CPU makes ``SigmoidTanh`` the faster tanh. Measured per [16, 256, 128]
+    float32 block on one core: with AVX2 kernels torch's ``tanh`` is ~3.5x slower than its
+    ``sigmoid``; with AVX-512 kernels on an Intel Xeon ``tanh_`` takes 0.20 ms against 0.55 ms
+    for the four passes of ``SigmoidTanh``, but on an AMD EPYC with AVX-512 (whose 512-bit
+    operations take two passes through 256-bit units) 1.37 ms against ~0.4 ms. So ``tanh_``
+    only where torch runs AVX-512 kernels on an Intel CPU.
+
+    A rule, not a timing: it must give the same answer on every run of a machine (the two
+    compute tanh with different round-off, and a trial's numbers are reproduced bit for bit
+    per kind of CPU; worker/fused.py). ``ATEN_CPU_CAPABILITY=avx2`` gets the AVX2 choice."""
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return not (avx512 and cpu_vendor() == "GenuineIntel")
 
 
 def activation_fn(name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
