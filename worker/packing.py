@@ -38,8 +38,9 @@ PACKING_MODES = ("auto", "group", "pad", "pad_all")
 # so a step's elementwise passes (activation and its gradient, bias sums) run in a core's L2
 # cache rather than at L3/memory bandwidth: an architecture of more trials is cut into blocks of
 # near-equal K. Measured on an AMD EPYC (1 MiB L2 per core): torch's tanh_backward on [K, 256,
-# 128] float32 runs 0.29 ns/element at K = 4 (0.5 MiB) and 0.91 at K = 16 (2 MiB); the public
-# grid in two parts ran ~7 % faster with 1 MiB than uncut (0.5 MiB: ~4 %; bench/README.md).
+# 128] float32 runs 0.29 ns/element at K = 4 (0.5 MiB) and 0.91 at K = 16 (2 MiB). On the whole
+# public grid in two parts the gain is within that machine's noise (an interleaved A/B: ~7 %;
+# bench/fused.py's uncut "group" row as fast; bench/README.md, session 8).
 BLOCK_CACHE_BYTES = 1 << 20
 # Hidden widths are padded up to a multiple of this (``canonical_width``). A CPU elementwise
 # kernel runs SIMD steps of two vectors (32 float32 with AVX-512, 16 with AVX2; fewer float64)
