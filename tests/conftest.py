@@ -78,17 +78,42 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+class Children:
+    """The servers and workers a test started, stopped before its database goes: workers first
+    (they sign off through a server), then servers. Whatever order a test names its fixtures
+    in, a worker never signs off against a dropped database (that answers 503, and the worker
+    retries for seconds)."""
+
+    def __init__(self) -> None:
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.servers: list[Server] = []
+
+    def stop(self) -> None:
+        stop_all(self.workers)
+        for s in self.servers:
+            s.stop()
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    kids = Children()
+    yield kids
+    kids.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path, children: Children) -> Iterator[str]:
     """A URL of an empty database, on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gridsweep.db'}"
+        children.stop()
         return
     require(pg_available(), f"PostgreSQL at {PG_URL}")
     url, drop = new_pg_database()
     try:
         yield url
     finally:
+        children.stop()
         drop()
 
 
@@ -151,36 +176,35 @@ class Server:
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
     def stop(self) -> None:
+        if self.log.closed:
+            return  # stopped already
         self.http.close()
         stop_all([self.proc])
         self.log.close()
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Factory: ``start_server(db_url, lease_seconds=2, ...)`` (settings become GRIDSWEEP_* env)."""
-    servers: list[Server] = []
+def start_server(tmp_path: Path, children: Children) -> Callable[..., Server]:
+    """Factory: ``start_server(db_url, lease_seconds=2, ...)`` (settings become GRIDSWEEP_* env);
+    stopped at teardown (``Children``)."""
 
     def start(db_url: str, **settings: str) -> Server:
-        s = Server(db_url, tmp_path / f"server-{len(servers)}.log", **settings)
-        servers.append(s)
+        s = Server(db_url, tmp_path / f"server-{len(children.servers)}.log", **settings)
+        children.servers.append(s)
         return s
 
-    yield start
-    for s in servers:
-        s.stop()
+    return start
 
 
 @pytest.fixture
 def server(db_url: str, start_server: Callable[..., Server]) -> Server:
-    # db_url first: fixtures are torn down in reverse, so the server stops before its database is dropped.
     return start_server(db_url)
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Factory: a real ``gridsweep worker`` process; stopped (SIGTERM) at teardown."""
-    procs: list[subprocess.Popen[bytes]] = []
+def start_worker(tmp_path: Path, children: Children) -> Callable[..., subprocess.Popen[bytes]]:
+    """Factory: a real ``gridsweep worker`` process; stopped (SIGTERM) at teardown (``Children``)."""
+    procs = children.workers
 
     def start(server_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # the child keeps it
@@ -205,12 +229,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
         procs.append(p)
         return p
 
-    yield start
-    stop_all(procs)
+    return start
 
 
 @pytest.fixture
-def pg_only_url() -> Iterator[str]:
+def pg_only_url(children: Children) -> Iterator[str]:
     """A fresh PostgreSQL database at head, for tests about PostgreSQL alone (chaos, restarts)."""
     require(pg_available(), f"PostgreSQL at {PG_URL}")
     url, drop = new_pg_database()
@@ -218,4 +241,5 @@ def pg_only_url() -> Iterator[str]:
         upgrade(url)
         yield url
     finally:
+        children.stop()
         drop()

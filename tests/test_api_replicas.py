@@ -32,7 +32,7 @@ from app.models import Sweep, Trial, Worker
 from app.schemas import SweepCreate
 from app.services import sweeps as sweep_service
 from app.services import trials as ts
-from tests.conftest import cli_env
+from tests.conftest import Children, cli_env
 from tests.robust_helpers import (
     FAST_LEASES,
     duplicated_epoch_rows,
@@ -142,7 +142,7 @@ def reaped(log: str) -> int:
 
 @pytest.mark.slow
 def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
-    start_worker: Callable[..., subprocess.Popen[bytes]], pg_only_url: str, tmp_path: Path
+    start_worker: Callable[..., subprocess.Popen[bytes]], children: Children, pg_only_url: str, tmp_path: Path
 ) -> None:
     port_b = free_port()
     t0 = time.monotonic()
@@ -166,6 +166,9 @@ def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
         reaped_before = reaped(a.text())
         b.proc.send_signal(signal.SIGKILL)  # then one API replica dies mid-sweep
         b.proc.wait()
+        # The last heartbeat of B's surviving worker while B is down (its claims refresh it).
+        (b2_row,) = [w for w in http.get("/api/v1/workers").json() if w["name"].endswith(f"-{b2.pid}")]
+        seen = b2_row["last_heartbeat_at"]
         phases["killed"] = time.monotonic() - t0
         # Its surviving worker retries; the leases it holds expire, replica A's reaper requeues them.
         wait_for(lambda: reaped(a.text()) > reaped_before, 60, "replica A to reap expired leases")
@@ -177,7 +180,6 @@ def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
             (w,) = [w for w in http.get("/api/v1/workers").json() if w["name"].endswith(f"-{b2.pid}")]
             return w["last_heartbeat_at"]
 
-        seen = b2_seen()
         deadline = time.monotonic() + 120
         while sweep(http, sid)["status"] not in ("succeeded", "failed", "canceled"):
             assert time.monotonic() < deadline, f"sweep not done after 120s: {sweep(http, sid)['counts']}"
@@ -187,7 +189,8 @@ def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
         wait_for(lambda: b2_seen() != seen, 30, "the worker of the restarted replica to come back")
         final = sweep(http, sid)
         http.close()
-    finally:
+    finally:  # the workers first: they sign off through the APIs
+        children.stop()
         stop_all([api.proc for api in apis])
 
     trials = trial_rows(pg_only_url, sid)

@@ -41,6 +41,12 @@ def _kill(worker: subprocess.Popen[bytes]) -> None:
     worker.wait()
 
 
+def _let_go(http: httpx.Client, trial_id: int, worker_id: str) -> bool:
+    """The trial is no longer running on that (dead) worker: requeued, failed or claimed again."""
+    t = http.get(f"/api/v1/trials/{trial_id}").json()
+    return t["status"] != "running" or t["worker_id"] != worker_id
+
+
 def _reaped(http: httpx.Client, sweep_id: int) -> list[dict[str, Any]] | None:
     trials = _trials(http, sweep_id)
     return None if any(t["status"] == "running" for t in trials) else trials
@@ -107,8 +113,11 @@ def test_a_trial_that_kills_its_worker_every_time_fails_alone(
             packs.append(sum(1 for x in _trials(server.http, sid) if x["status"] == "running"))
             _kill(worker)  # whoever holds the victim dies
             kills += 1
-            wait_for(lambda: _reaped(server.http, sid), 30, "the reaper")
+            # The next worker imports torch while the lease runs out; it may take other queued
+            # trials meanwhile, never the victim's pack before the reaper has requeued it.
             worker = start_worker(server.url, "--pack-size", str(N_TRIALS))
+            dead = t["worker_id"]
+            wait_for(lambda: _let_go(server.http, victim, dead), 30, "the reaper")  # noqa: B023
         time.sleep(0.05)
     trials = {t["id"]: t for t in _trials(server.http, sid)}
     v = trials.pop(victim)
