@@ -105,8 +105,7 @@ def children() -> Iterator[Children]:
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path, children: Children) -> Iterator[str]:
     """A URL of an empty database, on each backend."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gridsweep.db'}"
-        children.stop()
+        yield f"sqlite:///{tmp_path / 'gridsweep.db'}"  # a file: nothing to drop
         return
     require(pg_available(), f"PostgreSQL at {PG_URL}")
     url, drop = new_pg_database()
