@@ -166,19 +166,17 @@ def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
         reaped_before = reaped(a.text())
         b.proc.send_signal(signal.SIGKILL)  # then one API replica dies mid-sweep
         b.proc.wait()
-        # The last heartbeat of B's surviving worker while B is down (its claims refresh it).
-        (b2_row,) = [w for w in http.get("/api/v1/workers").json() if w["name"].endswith(f"-{b2.pid}")]
-        seen = b2_row["last_heartbeat_at"]
+        def b2_seen() -> str | None:
+            (w,) = [w for w in http.get("/api/v1/workers").json() if w["name"].endswith(f"-{b2.pid}")]
+            return w["last_heartbeat_at"]
+
+        seen = b2_seen()  # B's surviving worker's last heartbeat while B is down (claims refresh it)
         phases["killed"] = time.monotonic() - t0
         # Its surviving worker retries; the leases it holds expire, replica A's reaper requeues them.
         wait_for(lambda: reaped(a.text()) > reaped_before, 60, "replica A to reap expired leases")
         b_again = Api(pg_only_url, port_b, tmp_path / "api-b2.log").ready()  # restarted on its address
         apis.append(b_again)
         phases["B back"] = time.monotonic() - t0
-
-        def b2_seen() -> str | None:
-            (w,) = [w for w in http.get("/api/v1/workers").json() if w["name"].endswith(f"-{b2.pid}")]
-            return w["last_heartbeat_at"]
 
         deadline = time.monotonic() + 120
         while sweep(http, sid)["status"] not in ("succeeded", "failed", "canceled"):
