@@ -7,10 +7,20 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import ERROR_RESPONSES, MAX_ID, IdPath, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import (
+    ERROR_RESPONSES,
+    MAX_ID,
+    DatabaseDep,
+    IdPath,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+)
+from app.api.long_poll import long_poll
 from app.auth import PrincipalDep, require
 from app.edge_types import Text
 from app.models import Sweep, TokenScope, Trial, TrialStatus
@@ -31,7 +41,7 @@ from app.services import export, idempotency, sweep_admin
 from app.services import sweeps as sweep_service
 from app.services.extend import ExtendConflict, extend_sweep
 from app.services.importance import EVALUATORS, param_importance
-from app.services.progress import sweep_progress
+from app.services.progress import ENDED_SWEEP, sweep_progress
 from app.services.reads import best_read, sweep_read, trial_detail, trial_read
 from app.services.trial_queries import PARAM_SORTABLE, SORTABLE, list_trials
 
@@ -44,6 +54,17 @@ router = APIRouter(
 )
 
 Limit = Annotated[int, Query(ge=1, le=10_000, description="page size (capped by the server)")]
+# The longest a sweep read waits for the sweep's end: a longer ``wait_seconds`` waits this long
+# (the client asks again), as proxies cut idle requests.
+MAX_SWEEP_WAIT_SECONDS = 30.0
+WaitSeconds = Annotated[
+    float,
+    Query(
+        ge=0,
+        description="answer once the sweep has ended, or after this many seconds "
+        f"(at most {MAX_SWEEP_WAIT_SECONDS:g})",
+    ),
+]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 IdempotencyKey = Annotated[
     Text | None,
@@ -107,9 +128,29 @@ def list_sweeps(
 
 
 @router.get("/sweeps/{sweep_id}", response_model=SweepRead)
-def get_sweep(sweep_id: IdPath, session: ReadSessionDep) -> SweepRead:
-    """One sweep with its counts by status and its best config so far."""
-    return sweep_read(session, _sweep_or_404(session, sweep_id))
+async def get_sweep(
+    sweep_id: IdPath,
+    request: Request,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    wait_seconds: WaitSeconds = 0.0,
+) -> SweepRead:
+    """One sweep with its counts and best config so far (once it ended, or ``wait_seconds`` passed)."""
+
+    def attempt(last: bool) -> SweepRead | None:  # one short read transaction (app.api.long_poll)
+        with db.session(readonly=True) as session:
+            sweep = _sweep_or_404(session, sweep_id)
+            return sweep_read(session, sweep) if last or sweep.status in ENDED_SWEEP else None
+
+    if wait_seconds > 0:
+        recheck = settings.claim_recheck_seconds
+        wait = min(wait_seconds, MAX_SWEEP_WAIT_SECONDS)
+        found = await long_poll(
+            lambda _: attempt(False), wait, recheck, request.is_disconnected, end_with_any_sweep=False
+        )
+        if found is not None:
+            return found
+    return await run_in_threadpool(attempt, True)
 
 
 @router.get("/sweeps/{sweep_id}/best", response_model=BestRead)

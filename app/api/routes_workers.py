@@ -13,7 +13,6 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.claim_wait import claim_waiting
 from app.api.deps import (
     ERROR_RESPONSES,
     DatabaseDep,
@@ -22,6 +21,7 @@ from app.api.deps import (
     SettingsDep,
     WorkerIdPath,
 )
+from app.api.long_poll import long_poll
 from app.auth import require
 from app.config import Settings
 from app.models import Sweep, TokenScope, Trial, TrialStatus, Worker, WorkerStatus
@@ -97,12 +97,12 @@ async def claim(
 ) -> ClaimResponse:
     """Claim up to ``max_trials`` compatible queued trials under one lease, waiting up to ``wait_seconds``."""
 
-    def attempt(first: bool) -> ClaimResponse | None:  # one short transaction (app.api.claim_wait)
+    def attempt(first: bool) -> ClaimResponse | None:  # one short transaction (app.api.long_poll)
         with db.session() as session:
             return _claim_once(session, worker_id, body, settings, first)
 
     recheck = settings.claim_recheck_seconds
-    found = await claim_waiting(attempt, body.wait_seconds, recheck, request.is_disconnected)
+    found = await long_poll(attempt, body.wait_seconds, recheck, request.is_disconnected)
     return found or _claim_answer(None, [], settings)
 
 

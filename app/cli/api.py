@@ -15,7 +15,6 @@ from typing import Any
 import click
 import httpx
 
-from app.spec import format_loc
 from gridsweep.client import ApiClient, ApiError
 
 # The one exit-code table of the command line.
@@ -88,6 +87,9 @@ def store_unreachable(url: str, exc: BaseException) -> Unreachable:
 
 def format_api_errors(detail: Any) -> str:
     """A 4xx ``detail`` as ``field.path: reason`` lines."""
+    # Here, not at the top: app.spec's models cost ~0.1 s of every `gridsweep worker` start.
+    from app.spec import format_loc
+
     if isinstance(detail, list):
         out = []
         for e in detail:

@@ -38,8 +38,9 @@ from gridsweep.client import ApiClient
 from gridsweep.logs import configure_logging
 from gridsweep.vocab import device_name
 
-# How often `run` asks whether its sweep has ended (its workers stop then).
-END_POLL_SECONDS = 0.1
+# How long one ask of `run` whether its sweep has ended waits for the end (a long poll: the
+# answer comes the moment it ends); between asks, it checks that its workers still run.
+END_WAIT_SECONDS = 1.0
 
 
 @click.command()
@@ -167,12 +168,12 @@ def run(
 
 def wait_for_end(client: ApiClient, sweep_id: int, procs: list[subprocess.Popen[bytes]]) -> None:
     """Until the sweep has ended, or every local worker has exited (said on stderr)."""
-    while call(client, "GET", f"/api/v1/sweeps/{sweep_id}")["status"] not in TERMINAL:
+    path, wait = f"/api/v1/sweeps/{sweep_id}", {"wait_seconds": END_WAIT_SECONDS}
+    while call(client, "GET", path, params=wait)["status"] not in TERMINAL:
         if all(p.poll() is not None for p in procs):
             codes = ", ".join(str(p.returncode) for p in procs)
             click.echo(f"the local worker(s) exited (exit code {codes}) before the sweep ended", err=True)
             return
-        time.sleep(END_POLL_SECONDS)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

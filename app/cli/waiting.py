@@ -138,19 +138,28 @@ class Progress:
 def wait_for(
     client: ApiClient, sweep_id: int, poll: float, timeout: float | None, progress: Progress
 ) -> tuple[dict[str, Any], bool]:
-    """Poll until the sweep ends or ``timeout`` passes; return the sweep and whether time ran out."""
+    """Poll until the sweep ends or ``timeout`` passes; return the sweep and whether time ran out.
+
+    Each poll is a long poll of up to ``poll`` seconds (``wait_seconds``): the answer comes the
+    moment the sweep ends. An API that answers at once (an older one) is asked again after the
+    rest of ``poll``, as before."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = None if deadline is None else deadline - time.monotonic()
+        asked = time.monotonic()
+        left = None if deadline is None else deadline - asked
         retry = POLL_RETRY_SECONDS if left is None else max(1.0, min(POLL_RETRY_SECONDS, left))
-        sweep = call(client, "GET", f"/api/v1/sweeps/{sweep_id}", retry_for=retry)
+        wait = poll if left is None else max(0.0, min(poll, left))
+        sweep = call(
+            client, "GET", f"/api/v1/sweeps/{sweep_id}", params={"wait_seconds": wait}, retry_for=retry
+        )
         progress.update(sweep)
         if sweep["status"] in TERMINAL:
             return sweep, False
         if deadline is not None and time.monotonic() >= deadline:
             progress.close()
             return sweep, True
-        time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        rest = asked + poll - time.monotonic()
+        time.sleep(max(0.0, rest if deadline is None else min(rest, deadline - time.monotonic())))
 
 
 class Follower:

@@ -2,7 +2,7 @@
 
 ``mark_work_queued(session)``: called wherever trials become queued (a sweep created or
 extended, a search top-up, a final evaluation, a rerun, a release, the reaper). Once that
-session commits, every claim waiting in this process (``app.api.claim_wait``) is woken and
+session commits, every claim waiting in this process (``app.api.long_poll``) is woken and
 tries again at once; claims queued by another API process are found by the waiting claims'
 short recheck (``GRIDSWEEP_CLAIM_RECHECK_SECONDS``). ``mark_sweep_ended`` wakes them too: a
 worker that exits once its sweep ended (``gridsweep run``) is answered at once.

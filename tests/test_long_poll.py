@@ -1,9 +1,10 @@
-"""Long-poll claims: a worker already waiting is handed work the moment it is queued.
+"""Long polls: a worker already waiting is handed work the moment it is queued, and a sweep
+read that waits for its sweep's end is answered the moment the sweep ends.
 
-The servers here recheck the store only every 30 s, longer than any claim waits (25 s), and a
-waiting claim makes no try at its deadline: a waiting claim that comes back with a trial was
-woken by the request that queued it, not by a poll. Event order only, no clock read: the claim
-is seen waiting (its first try stamped the worker) before the work is queued.
+The servers here recheck the store only every 30 s, longer than any wait (25 s), and a waiting
+claim makes no try at its deadline: a waiting claim that comes back with a trial was woken by
+the request that queued it, not by a poll. Event order only, no clock read: the claim is seen
+waiting (its first try stamped the worker) before the work is queued.
 """
 
 from __future__ import annotations
@@ -114,3 +115,57 @@ def test_a_worker_signing_off_gives_back_what_it_still_held(
     assert all(t.status == "queued" and t.attempt == 0 and t.worker_id is None for t in rows)
     workers = {w["id"]: w for w in server.http.get("/api/v1/workers").json()}
     assert workers[wid]["status"] == "offline"
+
+
+def waiting_read(server: Server, sid: int) -> tuple[threading.Thread, dict[str, Any]]:
+    """``GET /api/v1/sweeps/{sid}?wait_seconds=WAIT`` on a thread, once its request was sent."""
+    out: dict[str, Any] = {}
+    sent = threading.Event()
+
+    def call() -> None:
+        hooks = {"request": [lambda _: sent.set()]}
+        with httpx.Client(base_url=server.url, timeout=WAIT + 30, event_hooks=hooks) as http:
+            r = http.get(f"/api/v1/sweeps/{sid}", params={"wait_seconds": WAIT})
+            out["status"], out["body"] = r.status_code, r.json()
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    assert sent.wait(30)
+    return t, out
+
+
+def test_a_sweep_read_that_waits_is_answered_when_the_sweep_ends_and_not_before(
+    db_url: str, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(db_url, **NO_RECHECK)
+    sid = server.http.post("/api/v1/sweeps", json=spec("ends", 2)).json()["id"]
+    thread, out = waiting_read(server, sid)
+    # Another sweep queued, then ended, wakes every wait: this one tries again and waits on.
+    other = server.http.post("/api/v1/sweeps", json=spec("other", 1)).json()["id"]
+    assert server.http.post(f"/api/v1/sweeps/{other}/cancel").status_code == 200
+    thread.join(timeout=1.0)
+    assert thread.is_alive() and "status" not in out
+    assert server.http.post(f"/api/v1/sweeps/{sid}/cancel").status_code == 200
+    # Joined before the wait's own end (WAIT, and no recheck before it): woken by the cancel.
+    thread.join(timeout=WAIT - 5)
+    assert not thread.is_alive()
+    assert out["status"] == 200 and out["body"]["id"] == sid and out["body"]["status"] == "canceled"
+
+
+def test_a_sweep_read_of_an_ended_sweep_answers_at_once_and_bad_waits_are_4xx(
+    db_url: str, start_server: Callable[..., Server]
+) -> None:
+    server = start_server(db_url, **NO_RECHECK)
+    sid = server.http.post("/api/v1/sweeps", json=spec("over", 1)).json()["id"]
+    server.http.post(f"/api/v1/sweeps/{sid}/cancel")
+    # A wait far past the cap (30 s) is cut to it, not refused; an ended sweep needs none (the
+    # client's timeout is shorter than any wait).
+    with httpx.Client(base_url=server.url, timeout=WAIT - 5) as http:
+        r = http.get(f"/api/v1/sweeps/{sid}", params={"wait_seconds": 3600})
+        assert r.status_code == 200 and r.json()["status"] == "canceled"
+        missing = http.get("/api/v1/sweeps/999999", params={"wait_seconds": 10})
+        assert missing.status_code == 404 and "sweep 999999 not found" in missing.json()["detail"]
+        for bad in ("-1", "nan", "soon"):
+            r = http.get(f"/api/v1/sweeps/{sid}", params={"wait_seconds": bad})
+            assert r.status_code == 422, bad
+            assert "wait_seconds" in r.text
