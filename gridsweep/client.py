@@ -16,6 +16,9 @@ log = logging.getLogger("gridsweep.worker")
 
 RETRY_STATUS = (502, 503, 504)
 MAX_ERROR_CHARS = 20_000  # the API keeps this much of an error text
+# Epoch reports per request: ~0.3 KB each with every metric, so ~0.3 MB, well inside the API's
+# default body limit (1 MiB) and its 4,096 reports per request.
+EPOCHS_PER_REQUEST = 1000
 
 
 def clean_error(error: str | None) -> str | None:
@@ -159,10 +162,14 @@ class ApiClient:
     def report_epochs(
         self, worker_id: str, reports: list[dict[str, Any]], retry_for: float | None = None
     ) -> dict[int, str]:
-        r = self.request(
-            "POST", f"/api/v1/workers/{worker_id}/epochs", {"reports": reports}, retry_for=retry_for
-        )
-        return {int(k): v for k, v in r["states"].items()}
+        """Epoch reports, in requests of at most ``EPOCHS_PER_REQUEST`` (a long curve sent at once,
+        e.g. a final trial's reused one of 10,000 epochs, would pass the API's body limit)."""
+        states: dict[int, str] = {}
+        for start in range(0, len(reports), EPOCHS_PER_REQUEST):
+            body = {"reports": reports[start : start + EPOCHS_PER_REQUEST]}
+            r = self.request("POST", f"/api/v1/workers/{worker_id}/epochs", body, retry_for=retry_for)
+            states.update({int(k): v for k, v in r["states"].items()})
+        return states
 
     def complete(self, worker_id: str, outcomes: list[dict[str, Any]]) -> dict[int, str]:
         outcomes = [{**o, "error": clean_error(o["error"])} if o.get("error") else o for o in outcomes]

@@ -178,6 +178,31 @@ def test_up_runs_sweeps_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     assert rows == [("queued", 0, None)]  # released, no attempt used
 
 
+def test_a_killed_up_leaves_neither_its_server_nor_its_workers(tmp_path: Path) -> None:
+    """SIGKILL gives ``up`` no chance to stop its children: each stops itself once its lifeline
+    to ``up`` is cut (app/cli/lifeline.py), instead of serving and claiming on as orphans."""
+    port = free_port()
+    args = ["up", "--db", f"sqlite:///{tmp_path / 'up.db'}", "--port", str(port), "--workers", "1"]
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args, "--device", "cpu"],
+        cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=120, proc=up)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            # The worker is up and waits for work (a long-poll claim in flight).
+            assert wait_for(lambda: len(http.get("/api/v1/workers").json()) == 1, timeout=120)
+        children = [p for p in session_pids(up.pid) if p != up.pid]
+        assert len(children) == 2  # the server and the worker
+        up.kill()
+        up.wait(timeout=30)
+        # A guard against hanging: the worker's waiting claim is cut short, the server shuts down.
+        assert wait_for(lambda: session_pids(up.pid) == [], timeout=60), session_pids(up.pid)
+    finally:
+        for pid in session_pids(up.pid):  # only if the test failed: nothing may outlive it
+            os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(check: Callable[[], bool], timeout: float = 180) -> bool:
     """Poll until ``check()`` holds (a guard against hanging, not a timing assertion)."""
     deadline = time.monotonic() + timeout

@@ -207,6 +207,53 @@ def test_ctrl_c_stops_the_run_its_worker_process_and_keeps_the_sweep(tmp_path: P
         database.dispose()
 
 
+def test_a_killed_run_leaves_no_worker_training_on(tmp_path: Path) -> None:
+    """SIGKILL (an OOM kill, a CI timeout) gives ``run`` no chance to stop its workers: each
+    stops itself once its lifeline to ``run`` is cut (app/cli/lifeline.py), instead of training
+    on as an orphan against the API that died with ``run``."""
+    long = {**TINY, "parameters": {**TINY["parameters"], "epochs": 10000, "hidden_units": [8]}}
+    spec = tmp_path / "long.yaml"
+    spec.write_text(yaml.safe_dump(long))
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    args = [sys.executable, "-m", "app.cli", "run", str(spec), "--db", db, "--device", "cpu"]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    from app.db import Database
+    from app.models import TrialEpoch
+
+    database = Database(db)
+
+    def epochs_stored() -> int:
+        try:
+            with database.session(readonly=True) as s:
+                return s.query(TrialEpoch).count()
+        except Exception:  # not migrated yet
+            return 0
+
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while epochs_stored() == 0:  # training, mid-way through 10,000 epochs
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = children(proc.pid)
+        assert workers
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60  # a guard against hanging: a step, then out
+        while any(alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their killed run"
+            time.sleep(0.1)
+    finally:
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        database.dispose()
+
+
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this machine has a CUDA device")
 def test_a_missing_cuda_device_is_a_usage_error_before_the_sweep_is_stored(tmp_path: Path) -> None:
     r = subprocess.run(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import httpx
 import uvicorn
 
+from app.cli.lifeline import child_lifeline
 from app.config import Settings
 
 
@@ -37,16 +38,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_healthy(
-    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None, interval: float = 0.1
-) -> None:
-    """Wait for ``GET /healthz`` to answer 200 (or the server process to die), asking every ``interval`` s."""
+    url: str,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    interval: float = 0.1,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Wait for ``GET /healthz`` to answer 200 (or the server process to die), asking every
+    ``interval`` s; False if ``stop`` was set first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            return False
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
         try:
             if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
+                return True
         except httpx.TransportError:
             pass
         time.sleep(interval)
@@ -100,8 +108,18 @@ def spawn(
     args: Sequence[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
 ) -> subprocess.Popen[bytes]:
     """A child in a process group of its own: a terminal's Ctrl-C reaches only the parent,
-    which stops its children in order (``stop_all``)."""
-    return subprocess.Popen(list(args), env={**os.environ, **(env or {})}, process_group=0, pass_fds=pass_fds)
+    which stops its children in order (``stop_all``). It holds a lifeline to this process
+    (``app.cli.lifeline``): it stops itself if this process is killed before it could."""
+    lifeline, lifeline_env = child_lifeline()
+    try:
+        return subprocess.Popen(
+            list(args),
+            env={**os.environ, **(env or {}), **lifeline_env},
+            process_group=0,
+            pass_fds=(*pass_fds, lifeline),
+        )
+    finally:
+        os.close(lifeline)  # the child holds its copy
 
 
 def spawn_worker(

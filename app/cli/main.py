@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from app.cli.api import EXIT_INTERRUPTED
+from app.cli.lifeline import watch_lifeline
 from app.cli.options import log_options
 from gridsweep.logs import configure_logging
 
@@ -80,6 +81,7 @@ def cli() -> None:
     atexit handlers run; only the module teardown is skipped, by ``os._exit``. Tests that call
     ``main`` in-process (click's CliRunner) are not affected.
     """
+    watch_lifeline()  # a child of `gridsweep run` / `up`: stop if that parent is killed
     try:
         main()
     except SystemExit as exc:

@@ -137,7 +137,8 @@ def worker(
         ready.write("ready\n")
         ready.close()
         try:  # the parent's API starts beside this worker: register once it answers
-            wait_healthy(server, timeout=120, interval=0.02)
+            if not wait_healthy(server, timeout=120, interval=0.02, stop=w.stopping):
+                return  # stopped before the API answered (the parent is stopping, or gone)
         except TimeoutError as exc:
             raise Unreachable(f"cannot reach the API at {server}: {exc}") from exc
     try:
