@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import time
@@ -79,7 +80,9 @@ def test_three_kills_of_a_packs_worker_fail_none_of_its_trials(
         ]
         assert all(t["attempt"] <= 1 for t in after), [t["attempt"] for t in after]
         assert held
-    assert packs == [8, 4, 2], packs  # each loss halved the next pack of the trials it hit
+    # Each loss halved the next pack of the trials it hit (at most: a claim's fair share may be
+    # smaller still while the killed worker, unsigned-off, still looks idle for a few seconds).
+    assert packs[0] == N_TRIALS and all(0 < b <= a // 2 for a, b in itertools.pairwise(packs)), packs
     start_worker(server.url, "--pack-size", str(N_TRIALS))
     done = wait_for(
         lambda: (s := sweep(server.http, sid))["status"] in ("succeeded", "failed") and s, 180, "the sweep"
@@ -122,7 +125,9 @@ def test_a_trial_that_kills_its_worker_every_time_fails_alone(
     trials = {t["id"]: t for t in _trials(server.http, sid)}
     v = trials.pop(victim)
     print(f"\nkiller: {kills} kills, packs held at each {packs}; the victim {v['status']} ({v['error']})")
-    assert packs == [8, 4, 2, 1, 1], packs  # halved down to alone, then its 2 attempts
+    # Halved (at most: see above) down to alone, then its 2 attempts alone.
+    assert packs[0] == N_TRIALS and packs[-2:] == [1, 1], packs
+    assert all(0 < b <= max(1, a // 2) for a, b in itertools.pairwise(packs)), packs
     assert (v["status"], v["attempt"]) == ("failed", 2)
     assert v["error"] == "worker lost: lease expired on attempt 2 of 2"
     assert (v["val_loss"], v["train_loss"]) == (None, None)
