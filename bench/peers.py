@@ -23,7 +23,11 @@ hidden {32, 128} x {relu, tanh} x 4 learning rates, Adam, batch 256, 5 epochs (4
 ``--quick`` (``QUICK``): 4 configs of the small grid and 2 of synthetic16, 1 epoch each: the
 tools' fixed costs only, in about 90 s on a 2-core machine.
 
-    python bench/peers.py [--quick] [--only small,synthetic16,floor]
+``--repeat N``: N rounds of every tool per grid (each round every tool once, the order rotated),
+figures the medians and ratios the medians of each round's own ratios (the host's speed drifts
+by tens of percent over minutes on a shared VM); ``--no-optuna`` leaves Optuna out.
+
+    python bench/peers.py [--quick] [--only small,synthetic16,floor] [--repeat N] [--no-optuna]
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ import itertools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,27 +311,55 @@ def machine() -> str:
     )
 
 
-def bench_grid(name: str, quick: bool, tmp: Path) -> None:
+ONE_BY_ONE = ("--pack-size", "1")
+
+
+def bench_grid(name: str, quick: bool, tmp: Path, repeat: int = 1, optuna: bool = True) -> None:
+    """Every tool on grid ``name``, ``repeat`` rounds (each round every tool once, the order
+    rotated): each figure is the median of its rounds, and the ratios are the medians of the
+    ratios within a round (two runs a minute apart share the host's speed of that minute)."""
     g = setting(name, quick)
     n = len(configs(g))
     score, _ = score_name(g)
     print(f"\n{name}: {g['dataset']}, {n} configs, Adam, batch {g['batch_size']}, {g['epochs']} epoch(s)")
-    rows: list[tuple[str, float, float]] = []
-    rows.append(("gridsweep run (fused)", *run_gridsweep(g, tmp, f"{name}-fused")))
-    rows.append(("gridsweep run --pack-size 1", *run_gridsweep(g, tmp, f"{name}-one", "--pack-size", "1")))
-    rows.append((f"GridSearchCV (n_jobs={cores()})", *run_child("sklearn", name, quick)))
-    storage = f"sqlite:///{tmp / (name + '-optuna1.db')}"
-    rows.append(("Optuna GridSampler, 1 process", *run_child("optuna", name, quick, "--storage", storage)))
-    storage = f"sqlite:///{tmp / (name + '-optunak.db')}"
-    rows.append((f"Optuna GridSampler, {cores()} processes", *run_optuna_parallel(name, quick, storage, n)))
-    ref = {label: wall for label, wall, _ in rows}
-    for label, wall, best in rows:
-        print(f"  {label:36s} {wall:7.1f} s   best {score} {best:.4f}")
-    fused = ref["gridsweep run (fused)"]
-    print(
-        f"  ratios: run / GridSearchCV {fused / rows[2][1]:.2f}x, "
-        f"run / Optuna 1 process {fused / rows[3][1]:.2f}x, --pack-size 1 / run {rows[1][1] / fused:.2f}x"
-    )
+
+    def optuna_one(r: int) -> tuple[float, float]:
+        return run_child("optuna", name, quick, "--storage", f"sqlite:///{tmp / f'{name}-o1-{r}.db'}")
+
+    def optuna_per_core(r: int) -> tuple[float, float]:
+        return run_optuna_parallel(name, quick, f"sqlite:///{tmp / f'{name}-ok-{r}.db'}", n)
+
+    tools: list[tuple[str, Callable[[int], tuple[float, float]]]] = [
+        ("gridsweep run (fused)", lambda r: run_gridsweep(g, tmp, f"{name}-fused-{r}")),
+        ("gridsweep run --pack-size 1", lambda r: run_gridsweep(g, tmp, f"{name}-one-{r}", *ONE_BY_ONE)),
+        (f"GridSearchCV (n_jobs={cores()})", lambda r: run_child("sklearn", name, quick)),
+    ]
+    if optuna:
+        tools += [("Optuna GridSampler, 1 process", optuna_one)]
+        tools += [(f"Optuna GridSampler, {cores()} processes", optuna_per_core)]
+    walls: dict[str, list[float]] = {label: [] for label, _ in tools}
+    bests: dict[str, float] = {}
+    for r in range(repeat):
+        k = r % len(tools)
+        for label, fn in tools[k:] + tools[:k]:
+            wall, best = fn(r)
+            walls[label].append(wall)
+            bests[label] = best
+    for label, _ in tools:
+        w = walls[label]
+        spread = f" (rounds {min(w):.1f}-{max(w):.1f})" if repeat > 1 else ""
+        print(f"  {label:36s} {statistics.median(w):7.1f} s   best {score} {bests[label]:.4f}{spread}")
+    labels = [label for label, _ in tools]
+
+    def ratio(a: str, b: str) -> float:  # the median of the rounds' own ratios
+        return statistics.median(x / y for x, y in zip(walls[a], walls[b], strict=True))
+
+    fused, one, gscv = labels[0], labels[1], labels[2]
+    parts = [f"run / GridSearchCV {ratio(fused, gscv):.2f}x"]
+    if optuna:
+        parts.append(f"run / Optuna 1 process {ratio(fused, labels[3]):.2f}x")
+    parts.append(f"--pack-size 1 / run {ratio(one, fused):.2f}x")
+    print("  ratios: " + ", ".join(parts) + (f" (medians of {repeat} rounds)" if repeat > 1 else ""))
 
 
 def bench_floor(tmp: Path) -> None:
@@ -342,6 +376,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few configs, 1 epoch (< 90 s)")
     ap.add_argument("--only", default="small,synthetic16,floor")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds per grid (medians)")
+    ap.add_argument("--no-optuna", action="store_true", help="leave Optuna out (slowest)")
     ap.add_argument("--child", choices=["sklearn", "optuna"], help=argparse.SUPPRESS)
     ap.add_argument("--grid", choices=list(GRIDS), help=argparse.SUPPRESS)
     ap.add_argument("--storage", help=argparse.SUPPRESS)
@@ -363,7 +399,7 @@ def main() -> None:
             if part == "floor":
                 bench_floor(Path(d))
             else:
-                bench_grid(part, args.quick, Path(d))
+                bench_grid(part, args.quick, Path(d), max(1, args.repeat), not args.no_optuna)
     print(f"\n(whole benchmark {time.perf_counter() - started:.0f} s)")
 
 
