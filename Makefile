@@ -32,6 +32,7 @@ run: setup
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The reproducibility test runs again with an AVX2 CPU's kernels (torch's and MKL's), whatever
 # this CPU is: a trial's numbers must not depend on its pack under either SIMD width.

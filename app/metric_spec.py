@@ -49,7 +49,6 @@ class EarlyStopping(BaseModel):
     min_delta: NonNegative = 0.0
 
 
-
 def resolve_metric(spec: Any, facts: Any) -> Any:
     """Fill in the task's default metric (and its goal) where the spec names none; in place."""
     if spec.metric.name is None:

@@ -45,7 +45,6 @@ class Encoding:
         return cls(list(d["columns"]), {k: list(v) for k, v in (d.get("categorical") or {}).items()})
 
 
-
 def min_rows_for_split(n: int, validation: float, test: float) -> tuple[int, int, int]:
     """(train, validation, test) row counts, rounded as ``gridsweep.datasets.split_dataset`` does."""
     n_test, n_val = round(n * test), round(n * validation)

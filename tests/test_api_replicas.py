@@ -166,6 +166,7 @@ def test_two_api_replicas_kill_workers_and_an_api_every_trial_ends_once(
         reaped_before = reaped(a.text())
         b.proc.send_signal(signal.SIGKILL)  # then one API replica dies mid-sweep
         b.proc.wait()
+
         def b2_seen() -> str | None:
             (w,) = [w for w in http.get("/api/v1/workers").json() if w["name"].endswith(f"-{b2.pid}")]
             return w["last_heartbeat_at"]

@@ -52,9 +52,10 @@ def test_bad_metric_and_epoch_rules_are_422s_with_their_path(client: TestClient)
     errs = errors_of(client, {**reg, "metric": "val_loss"})
     assert "different scales" in errs["metric.name"] and "val_rmse" in errs["metric.name"]
     assert "select_epoch" in errors_of(client, {**reg, "select_epoch": "worst"})
-    assert "must be at least 1" in errors_of(client, {**reg, "early_stopping": {"patience": 0}})[
-        "early_stopping.patience"
-    ]
+    assert (
+        "must be at least 1"
+        in errors_of(client, {**reg, "early_stopping": {"patience": 0}})["early_stopping.patience"]
+    )
     neg = {**reg, "early_stopping": {"patience": 2, "min_delta": -0.5}}
     assert "must be at least 0" in errors_of(client, neg)["early_stopping.min_delta"]
     errs = errors_of(client, {**reg, "metric": "val_error", "early_stopping": {"patience": 2}})

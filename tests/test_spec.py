@@ -292,8 +292,16 @@ def test_val_loss_over_a_loss_grid_is_refused_naming_metric() -> None:
     msg = errs["metric.name"]
     assert "different scales" in msg and "huber, mse" in msg and "val_rmse" in msg
     # One loss: val_loss is on one scale, and allowed.
-    assert validate_spec(spec(dataset="friedman1", metric="val_loss", parameters={"loss": "huber"}),
-                         REGRESSION, 100, 100, 10**8) == 1
+    assert (
+        validate_spec(
+            spec(dataset="friedman1", metric="val_loss", parameters={"loss": "huber"}),
+            REGRESSION,
+            100,
+            100,
+            10**8,
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(

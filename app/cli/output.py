@@ -80,7 +80,9 @@ def best_text(best: dict[str, Any] | None) -> str:
     if any(e is not None for e in epochs):
         stopped = [s["stopped_epoch"] for s in v["per_seed"] if s.get("stopped_epoch")]
         lines.append(
-            "  scored at epoch " + ", ".join("-" if e is None else str(e) for e in epochs) + " (per seed)"
+            "  scored at epoch "
+            + ", ".join("-" if e is None else str(e) for e in epochs)
+            + " (per seed)"
             + (f"; early stopping ended {len(stopped)} seed(s)" if stopped else "")
         )
     for k, val in (v.get("metrics_mean") or {}).items():

@@ -93,8 +93,10 @@ def evaluate(sweep: dict[str, Any], gate: Gate | None, timed_out: bool, timeout:
     note = f" (note: {sweep['error']})" if sweep.get("error") else ""
     if gate is None:
         return Verdict(
-            EXIT_OK, "succeeded", f"sweep {sid} succeeded (no gate), best {_metric(sweep)} {value:.6g} "
-            f"({metric_units(_metric(sweep))}){note}"
+            EXIT_OK,
+            "succeeded",
+            f"sweep {sid} succeeded (no gate), best {_metric(sweep)} {value:.6g} "
+            f"({metric_units(_metric(sweep))}){note}",
         )
     met, why = gate.check(value)
     return Verdict(

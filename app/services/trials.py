@@ -92,11 +92,7 @@ def claim(session: Session, worker: Worker, max_trials: int, lease_seconds: floa
     # PostgreSQL may rescan it per row: each rescan skips the rows the UPDATE has just
     # changed and takes the next ones, so LIMIT stops limiting and one claim takes the pack.
     ids = session.scalars(
-        select(Trial.id)
-        .where(*pack)
-        .order_by(*CLAIM_ORDER)
-        .limit(size)
-        .with_for_update(**lock)
+        select(Trial.id).where(*pack).order_by(*CLAIM_ORDER).limit(size).with_for_update(**lock)
     ).all()
     token = secrets.token_hex(16)
     trials = session.scalars(

@@ -119,4 +119,3 @@ def idle_others(session: Session, worker: Worker, now: datetime) -> int:
 def fair_share(queued: int, idle: int) -> int:
     """This claim's share of ``queued`` trials when ``idle`` other workers wait too."""
     return max(1, math.ceil(queued / (1 + idle)))
-
