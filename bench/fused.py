@@ -49,7 +49,8 @@ from worker.fused import train_pack
 from worker.fused_packs import train_packs
 from worker.packing import auto_pack_size, matmul_flops
 from worker.selection import Selection
-from worker.train import TensorSplit, to_tensors, train_trial
+from worker.tensors import TensorSplit, to_tensors
+from worker.train import train_trial
 
 EPOCHS, BATCH = 5, 256
 

@@ -26,7 +26,8 @@ from worker.fused_model import Block, SigmoidTanh, activation_fn, pack_losses
 from worker.fused_opt import StackedOptimizer
 from worker.fused_packs import train_packs
 from worker.packing import pack_bytes_per_trial, plan_blocks
-from worker.train import TensorSplit, TrialResult, to_tensors, train_trial
+from worker.tensors import TensorSplit, to_tensors
+from worker.train import TrialResult, train_trial
 
 RTOL64 = 1e-9
 

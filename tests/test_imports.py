@@ -44,7 +44,7 @@ from worker.fused import train_pack
 from worker.fused_packs import train_one
 from worker.loop import Worker
 from worker.model_io import make_artifact, to_bytes, to_torchscript
-from worker.train import to_tensors
+from worker.tensors import to_tensors
 data = to_tensors(split_dataset(load_builtin("moons")), "cpu")
 cfgs = [TrialConfig(1, (w,), "relu", 0.01, "adam", 64, 1, 0.0, 0.0, "bce", 0) for w in (8, 16)]
 train_pack(cfgs, data)

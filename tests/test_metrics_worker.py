@@ -26,7 +26,8 @@ from worker.fused import train_pack
 from worker.fused_packs import train_one, train_packs
 from worker.model_io import load_model, make_artifact, to_bytes, to_torchscript
 from worker.selection import Selection, Tracker
-from worker.train import TensorSplit, TrialResult, evaluate, n_outputs_for, to_tensors, train_trial
+from worker.tensors import TensorSplit, to_tensors
+from worker.train import TrialResult, evaluate, n_outputs_for, train_trial
 
 REG = ("val_loss", "val_rmse", "val_mae", "val_r2")
 CLS = ("val_loss", "val_error", "val_accuracy", "val_log_loss")

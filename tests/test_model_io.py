@@ -15,7 +15,8 @@ from gridsweep.payload import fingerprint, pack, unpack
 from gridsweep.vocab import TrialConfig
 from worker.handback import versions
 from worker.model_io import load_model, make_artifact, to_bytes, to_torchscript
-from worker.train import evaluate, n_outputs_for, to_tensors, train_trial
+from worker.tensors import to_tensors
+from worker.train import evaluate, n_outputs_for, train_trial
 
 
 def _trained(task: str, loss: str, dropout: float = 0.2):  # type: ignore[no-untyped-def]

@@ -25,7 +25,8 @@ from worker.fused import train_pack
 from worker.fused_model import Block, eval_rows, evaluate_block
 from worker.fused_packs import train_one, train_packs
 from worker.packing import canonical_widths, padded_widths, plan_blocks
-from worker.train import TensorSplit, TrialResult, to_tensors
+from worker.tensors import TensorSplit, to_tensors
+from worker.train import TrialResult
 
 # Widths that are and are not multiples of 32, depths 1-3, in one grid.
 ARCHS = [(1, (20,)), (2, (50, 20)), (3, (8, 32, 13)), (1, (64,)), (2, (33, 33)), (3, (32, 32, 32)), (1, (7,))]

@@ -13,17 +13,14 @@ from torch import nn
 
 from gridsweep.datasets import load_builtin, make_dataset, split_dataset
 from gridsweep.vocab import ACTIVATIONS, OPTIMIZERS, TrialConfig
+from worker.tensors import TensorSplit, epoch_permutation, select_device, to_tensors
 from worker.train import (
     DROPOUT_SEED_OFFSET,
     Dropout,
     EpochMetrics,
-    TensorSplit,
     build_model,
-    epoch_permutation,
     evaluate,
     n_outputs_for,
-    select_device,
-    to_tensors,
     train_trial,
 )
 

@@ -12,7 +12,7 @@ import torch
 
 from gridsweep.datasets import Dataset, load_builtin, split_dataset
 from gridsweep.payload import fingerprint
-from worker.train import TensorSplit, to_tensors
+from worker.tensors import TensorSplit, to_tensors
 
 # Fetches an uploaded dataset by (id, expected data hash): see worker.uploaded.
 Fetch = Callable[[int, str | None], tuple[Dataset, dict[str, Any]]]

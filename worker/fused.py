@@ -81,7 +81,8 @@ from worker.fused_opt import StackedOptimizer
 from worker.metrics import EpochMetrics, TrialResult, selected_metrics, split_metrics, target_sst
 from worker.packing import plan_blocks
 from worker.selection import LAST, Selection, Tracker
-from worker.train import TensorSplit, epoch_permutation, n_outputs_for
+from worker.tensors import TensorSplit, epoch_permutation
+from worker.train import n_outputs_for
 
 OnEpoch = Callable[[int, dict[int, EpochMetrics]], Mapping[int, str] | None]
 OnFinish = Callable[[dict[int, TrialResult]], None]

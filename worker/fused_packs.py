@@ -20,7 +20,8 @@ from gridsweep.vocab import TrialConfig, resolve_loss
 from worker.fused import OnEpoch, OnFinish, PackStopped, train_pack
 from worker.packing import memory_budget, split_for_memory, split_for_threads
 from worker.selection import LAST, Selection
-from worker.train import EpochMetrics, TensorSplit, TrialResult, n_outputs_for
+from worker.tensors import TensorSplit
+from worker.train import EpochMetrics, TrialResult, n_outputs_for
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -15,7 +15,8 @@ from gridsweep.client import ApiClient
 from gridsweep.vocab import TrialConfig
 from worker.data import SplitInfo
 from worker.model_io import make_artifact, to_bytes, to_torchscript
-from worker.train import TensorSplit, TrialResult, n_outputs_for
+from worker.tensors import TensorSplit
+from worker.train import TrialResult, n_outputs_for
 
 
 def versions() -> dict[str, Any]:

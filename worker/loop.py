@@ -42,7 +42,8 @@ from worker.pack_runner import run_packs
 from worker.packing import auto_pack_size, parse_pack_size
 from worker.recall import RECALL_BYTES, Recall, TrainedKey, as_final, reusable
 from worker.selection import Selection
-from worker.train import EpochMetrics, select_device
+from worker.tensors import select_device
+from worker.train import EpochMetrics
 from worker.uploaded import UploadedDatasets
 
 log = logging.getLogger("gridsweep.worker")

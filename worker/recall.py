@@ -30,7 +30,7 @@ from gridsweep.vocab import TrialConfig
 from worker.fused import scored_on_test
 from worker.metrics import TrialResult
 from worker.selection import Selection
-from worker.train import TensorSplit
+from worker.tensors import TensorSplit
 
 KEEP_PER_BOARD = 8  # results kept per board, best first
 RECALL_BYTES = 256 << 20  # the models' weights held in all
