@@ -149,9 +149,13 @@ def main() -> None:
     print(
         f"  best config (service): config {best['config_index']} {json.dumps(best['params'], sort_keys=True)}"
     )
+    # The same scale on both sides: the trial's val_loss (MSE in standardized units); the
+    # sweep ranks by its own metric (the result's ``metric``), which may be another (val_rmse,
+    # in the target's units).
+    service_loss = best["validation"]["metrics_mean"]["val_loss"]
     print(
-        f"  best config (engine): config {int(np.argmin(vals))}; val loss {min(vals):.5f} (engine), "
-        f"{best['validation'].get('mean')} (service)"
+        f"  best config (engine): config {int(np.argmin(vals))}; val_loss {min(vals):.5f} (engine), "
+        f"{service_loss:.5f} (service; it ranked by {result['metric']['name']})"
     )
 
 
