@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gridsweep.client import ApiClient, ApiError
+from gridsweep.client import SWEEP_WAIT_SECONDS, ApiClient, ApiError
 from gridsweep.specfile import SpecFileError, load_spec_file
 from gridsweep.tables import columns, metric_columns, param_columns, trial_row
 from gridsweep.vocab import EPOCH_METRICS, TEST_METRICS
@@ -275,14 +275,20 @@ class Sweep:
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Sweep:
         """Poll until the sweep ends (succeeded, failed or canceled); ``TimeoutError`` after
-        ``timeout`` seconds (the sweep itself goes on)."""
+        ``timeout`` seconds (the sweep itself goes on). Each poll waits at the API for up to
+        ``poll`` seconds (a long poll), so the answer comes the moment the sweep ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.refresh().done:
+        while True:
+            asked = time.monotonic()
+            left = None if deadline is None else deadline - asked
+            wait = min(SWEEP_WAIT_SECONDS, poll if left is None else max(0.0, min(poll, left)))
+            self.data = self.client.request("GET", f"/api/v1/sweeps/{self.id}", params={"wait_seconds": wait})
+            if self.done:
+                return self
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"sweep {self.id} still {self.status} after {timeout:g}s")
-            pause = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            time.sleep(pause)
-        return self
+            rest = asked + poll - time.monotonic()  # an API that answered at once (an older one)
+            time.sleep(max(0.0, rest if deadline is None else min(rest, deadline - time.monotonic())))
 
     def _trials(self, role: str | None) -> list[dict[str, Any]]:
         params = {"role": role} if role else {}

@@ -19,6 +19,9 @@ MAX_ERROR_CHARS = 20_000  # the API keeps this much of an error text
 # Epoch reports per request: ~0.3 KB each with every metric, so ~0.3 MB, well inside the API's
 # default body limit (1 MiB) and its 4,096 reports per request.
 EPOCHS_PER_REQUEST = 1000
+# The longest one long-poll read of a sweep waits for its end (``wait_seconds``): well inside the
+# client's 30 s read timeout (the API caps a wait at 30 s anyway).
+SWEEP_WAIT_SECONDS = 20.0
 
 
 def clean_error(error: str | None) -> str | None:

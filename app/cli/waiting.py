@@ -25,7 +25,7 @@ from app.cli.live import LiveBar
 from app.cli.reports import Gate
 from app.config import Settings
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
-from gridsweep.client import ApiClient
+from gridsweep.client import SWEEP_WAIT_SECONDS, ApiClient
 
 TERMINAL = ("succeeded", "failed", "canceled")
 # Trials worth a progress line (canceled ones are not).
@@ -148,7 +148,7 @@ def wait_for(
         asked = time.monotonic()
         left = None if deadline is None else deadline - asked
         retry = POLL_RETRY_SECONDS if left is None else max(1.0, min(POLL_RETRY_SECONDS, left))
-        wait = poll if left is None else max(0.0, min(poll, left))
+        wait = min(SWEEP_WAIT_SECONDS, poll if left is None else max(0.0, min(poll, left)))
         sweep = call(
             client, "GET", f"/api/v1/sweeps/{sweep_id}", params={"wait_seconds": wait}, retry_for=retry
         )
