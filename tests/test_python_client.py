@@ -126,6 +126,11 @@ def test_errors_carry_the_field_paths(server: Server, tmp_path: Path) -> None:
         with pytest.raises(gridsweep.Conflict, match=f"sweep {sid} is queued: cancel it first"):
             client.sweep(sid).delete()
         assert client.sweep(sid).best() is None
+        # No worker: the wait runs out (its long polls end with it) and the sweep goes on.
+        queued = client.sweep(sid)
+        with pytest.raises(TimeoutError, match=f"sweep {sid} still queued after 1s"):
+            queued.wait(timeout=1.0, poll=0.4)
+        assert queued.status == "queued"
     with pytest.raises(gridsweep.Unreachable, match="API unreachable"):
         gridsweep.Client("http://127.0.0.1:9", retry_for=0.2).sweeps()
 
