@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gridsweep.client import SWEEP_WAIT_SECONDS, ApiClient, ApiError
+from gridsweep.client import SWEEP_ENDED, ApiClient, ApiError, sweep_polls
 from gridsweep.specfile import SpecFileError, load_spec_file
 from gridsweep.tables import columns, metric_columns, param_columns, trial_row
 from gridsweep.vocab import EPOCH_METRICS, TEST_METRICS
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-ENDED = ("succeeded", "failed", "canceled")
 PAGE = 500
 TIME_COLUMNS = ("created_at", "started_at", "finished_at")
 
@@ -261,7 +260,7 @@ class Sweep:
 
     @property
     def done(self) -> bool:
-        return self.status in ENDED
+        return self.status in SWEEP_ENDED
 
     def __repr__(self) -> str:
         c = self.data.get("counts", {})
@@ -278,17 +277,14 @@ class Sweep:
         ``timeout`` seconds (the sweep itself goes on). Each poll waits at the API for up to
         ``poll`` seconds (a long poll), so the answer comes the moment the sweep ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            asked = time.monotonic()
-            left = None if deadline is None else deadline - asked
-            wait = min(SWEEP_WAIT_SECONDS, poll if left is None else max(0.0, min(poll, left)))
-            self.data = self.client.request("GET", f"/api/v1/sweeps/{self.id}", params={"wait_seconds": wait})
-            if self.done:
-                return self
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"sweep {self.id} still {self.status} after {timeout:g}s")
-            rest = asked + poll - time.monotonic()  # an API that answered at once (an older one)
-            time.sleep(max(0.0, rest if deadline is None else min(rest, deadline - time.monotonic())))
+        path = f"/api/v1/sweeps/{self.id}"
+        for sweep in sweep_polls(
+            lambda w: self.client.request("GET", path, params={"wait_seconds": w}), poll, deadline
+        ):
+            self.data = sweep
+        if not self.done:
+            raise TimeoutError(f"sweep {self.id} still {self.status} after {timeout:g}s")
+        return self
 
     def _trials(self, role: str | None) -> list[dict[str, Any]]:
         params = {"role": role} if role else {}

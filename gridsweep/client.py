@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,11 +23,32 @@ EPOCHS_PER_REQUEST = 1000
 # The longest one long-poll read of a sweep waits for its end (``wait_seconds``): well inside the
 # client's 30 s read timeout (the API caps a wait at 30 s anyway).
 SWEEP_WAIT_SECONDS = 20.0
+SWEEP_ENDED = ("succeeded", "failed", "canceled")  # a sweep's statuses once it has ended
 
 
 def clean_error(error: str | None) -> str | None:
     """An error text the API can store (no NUL byte, no lone surrogate): a failure must be recorded."""
     return None if error is None else clean_text(str(error), MAX_ERROR_CHARS)
+
+
+def sweep_polls(
+    read: Callable[[float], dict[str, Any]], poll: float, deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    """Each read of a sweep until it has ended or ``deadline`` (``time.monotonic``) passed.
+
+    ``read(wait_seconds)`` is ``GET /api/v1/sweeps/{id}?wait_seconds=``: a long poll of up to
+    ``poll`` seconds, answered the moment the sweep ends. An answer that came sooner without the
+    end (an older API, which answers at once) is followed by the rest of ``poll`` asleep, so such
+    an API is asked once per ``poll`` seconds, as before the long poll."""
+    while True:
+        asked = time.monotonic()
+        left = None if deadline is None else deadline - asked
+        sweep = read(min(SWEEP_WAIT_SECONDS, poll if left is None else max(0.0, min(poll, left))))
+        yield sweep
+        if sweep["status"] in SWEEP_ENDED or (deadline is not None and time.monotonic() >= deadline):
+            return
+        rest = asked + poll - time.monotonic()
+        time.sleep(max(0.0, rest if deadline is None else min(rest, deadline - time.monotonic())))
 
 
 class ApiError(RuntimeError):

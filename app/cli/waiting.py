@@ -25,9 +25,9 @@ from app.cli.live import LiveBar
 from app.cli.reports import Gate
 from app.config import Settings
 from app.spec import DataFacts, SpecError, SweepSpec, count_trials, expand, format_loc, validate_spec
-from gridsweep.client import SWEEP_WAIT_SECONDS, ApiClient
+from gridsweep.client import SWEEP_ENDED, ApiClient, sweep_polls
 
-TERMINAL = ("succeeded", "failed", "canceled")
+TERMINAL = SWEEP_ENDED
 # Trials worth a progress line (canceled ones are not).
 FINISHED = ("succeeded", "failed", "diverged", "pruned")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -139,27 +139,23 @@ def wait_for(
     client: ApiClient, sweep_id: int, poll: float, timeout: float | None, progress: Progress
 ) -> tuple[dict[str, Any], bool]:
     """Poll until the sweep ends or ``timeout`` passes; return the sweep and whether time ran out.
-
-    Each poll is a long poll of up to ``poll`` seconds (``wait_seconds``): the answer comes the
-    moment the sweep ends. An API that answers at once (an older one) is asked again after the
-    rest of ``poll``, as before."""
+    Each poll is a long poll of up to ``poll`` seconds (``gridsweep.client.sweep_polls``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        asked = time.monotonic()
-        left = None if deadline is None else deadline - asked
+
+    def read(wait: float) -> dict[str, Any]:
+        left = None if deadline is None else deadline - time.monotonic()
         retry = POLL_RETRY_SECONDS if left is None else max(1.0, min(POLL_RETRY_SECONDS, left))
-        wait = min(SWEEP_WAIT_SECONDS, poll if left is None else max(0.0, min(poll, left)))
-        sweep = call(
+        return call(
             client, "GET", f"/api/v1/sweeps/{sweep_id}", params={"wait_seconds": wait}, retry_for=retry
         )
+
+    sweep: dict[str, Any] = {}
+    for sweep in sweep_polls(read, poll, deadline):
         progress.update(sweep)
-        if sweep["status"] in TERMINAL:
-            return sweep, False
-        if deadline is not None and time.monotonic() >= deadline:
-            progress.close()
-            return sweep, True
-        rest = asked + poll - time.monotonic()
-        time.sleep(max(0.0, rest if deadline is None else min(rest, deadline - time.monotonic())))
+    if sweep["status"] in TERMINAL:
+        return sweep, False
+    progress.close()
+    return sweep, True
 
 
 class Follower:
