@@ -17,7 +17,7 @@ log = logging.getLogger("gridsweep.worker")
 
 RETRY_STATUS = (502, 503, 504)
 MAX_ERROR_CHARS = 20_000  # the API keeps this much of an error text
-# Epoch reports per request: ~0.3 KB each with every metric, so ~0.3 MB, well inside the API's
+# Epoch reports per request: at most ~0.4 KB each with every metric, so ~0.4 MB, well inside the API's
 # default body limit (1 MiB) and its 4,096 reports per request.
 EPOCHS_PER_REQUEST = 1000
 # The longest one long-poll read of a sweep waits for its end (``wait_seconds``): well inside the
