@@ -21,6 +21,7 @@ import click
 from app.cli.api import EXIT_INTERRUPTED
 from app.cli.lifeline import watch_lifeline
 from app.cli.options import log_options
+from app.cli.startup import one_blas_thread
 from gridsweep.logs import configure_logging
 
 # Each command's module (app.cli.<module>), in the order --help lists them (tests/test_cli.py
@@ -82,6 +83,7 @@ def cli() -> None:
     ``main`` in-process (click's CliRunner) are not affected.
     """
     watch_lifeline()  # a child of `gridsweep run` / `up`: stop if that parent is killed
+    one_blas_thread()
     try:
         main()
     except SystemExit as exc:

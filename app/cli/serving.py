@@ -29,6 +29,7 @@ from app.cli.options import (
     server_option,
     settings_for,
 )
+from app.cli.startup import heavy_imports
 from app.config import get_settings
 from gridsweep.client import ApiError
 
@@ -60,14 +61,16 @@ def serve(db: str | None, host: str, port: int, no_upgrade: bool, auth: str | No
     if auth:
         settings = settings.model_copy(update={"auth": auth})
     check_exposure(settings, host, insecure)
-    if not no_upgrade:
-        open_store(settings.database_url)
-    from app.api import create_app
-    from app.api.slow_clients import serve as serve_api
+    with heavy_imports():  # Alembic, FastAPI, SQLAlchemy: built once, kept for the server's life
+        if not no_upgrade:
+            open_store(settings.database_url)
+        from app.api import create_app
+        from app.api.slow_clients import serve as serve_api
 
-    # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs requests.
-    # Slow clients are cut off (header and body timeouts, a connection cap): app/api/slow_clients.py.
-    app = create_app(settings)
+        # Our logging (JSON off a terminal, request ids) instead of uvicorn's; the middleware logs
+        # requests. Slow clients are cut off (header and body timeouts, a connection cap):
+        # app/api/slow_clients.py.
+        app = create_app(settings)
     serve_api(app, settings, host=host, port=port, log_config=None, access_log=False, server_header=False)
 
 
@@ -110,8 +113,9 @@ def worker(
 ) -> None:
     """Claim trials from the API and train them."""
     ready = os.fdopen(ready_fd, "w") if ready_fd is not None else None
-    from worker.loop import Worker
-    from worker.recall import RECALL_BYTES
+    with heavy_imports():  # torch: the longest step of a local sweep before its first claim
+        from worker.loop import Worker
+        from worker.recall import RECALL_BYTES
 
     try:
         w = Worker(

@@ -33,6 +33,7 @@ from app.cli.options import (
     settings_for,
     verbosity_flags,
 )
+from app.cli.startup import heavy_imports
 from app.cli.waiting import TERMINAL, Follower
 from gridsweep.client import ApiClient
 from gridsweep.logs import configure_logging
@@ -107,9 +108,11 @@ def run(
     stop_on_signals()
     sid: int | None = None
     try:
-        open_store(settings.database_url)
-        started = time.monotonic()
-        with ThreadServer(settings, port=port) as srv:
+        with heavy_imports():  # Alembic and the API, beside the workers' import of torch
+            open_store(settings.database_url)
+            started = time.monotonic()
+            server = ThreadServer(settings, port=port)
+        with server as srv:
             client = make_client(srv.url)
             try:
                 # Only a CUDA device can be missing (the worker's select_device): then wait for the
