@@ -6,6 +6,7 @@ a refit trial is labelled. Same browser, seeded store and checks as ``test_dashb
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +15,9 @@ from app.db import Database
 from app.models import Trial
 from app.services.artifacts import store_models
 from tests.test_dashboard import Browse, Site
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Dialog, Page
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +40,33 @@ def epoch(live: Site, trial: tuple[int, str, str], n: int, val_loss: float) -> s
     r = live.server.http.post(f"/api/v1/workers/{worker_id}/epochs", json={"reports": [report]})
     r.raise_for_status()
     return r.json()["states"][str(trial_id)]
+
+
+def click_until_posted(page: Page, selector: str, path: str, attempts: int = 3) -> None:
+    """Click a button that posts (after its confirm dialog) until the POST to ``path`` is answered.
+
+    The summary polls itself every 2 s and is swapped whole (outerHTML): a click whose mousedown
+    reaches the old button and its mouseup the new one is no click at all, for a person as for
+    Playwright (seen once on a slow CI run: the cancel never posted). A person clicks again.
+    """
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def accept(dialog: Dialog) -> None:
+        dialog.accept()
+
+    page.on("dialog", accept)
+    try:
+        for attempt in range(attempts):
+            try:
+                with page.expect_response(lambda r: r.url.endswith(path), timeout=5_000):
+                    page.click(selector)
+                return
+            except PlaywrightTimeout:
+                if attempt == attempts - 1:
+                    raise
+    finally:
+        page.remove_listener("dialog", accept)
 
 
 def test_running_sweep_shows_epoch_progress_and_running_curves(own_site: Site, browse: Browse) -> None:
@@ -74,8 +105,7 @@ def test_running_sweep_shows_epoch_progress_and_running_curves(own_site: Site, b
     browse.shot("sweep-running-epochs")
 
     # Cancel: the status turns now; the counts follow as the running trials stop, without a reload.
-    page.once("dialog", lambda d: d.accept())
-    page.click("[data-testid=cancel]")
+    click_until_posted(page, "[data-testid=cancel]", f"/sweeps/{sid}/cancel")
     page.wait_for_selector("#summary[data-status=canceled]")
     page.wait_for_selector("[data-testid=phase][data-phase=canceling]")
     canceled = live.api(f"/api/v1/sweeps/{sid}")["counts"]["canceled"]
