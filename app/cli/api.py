@@ -1,9 +1,5 @@
-"""How every CLI command talks to the API: one client factory, one call helper, one
-exit-code table and one error type per cause.
-
-Every command exits with a code from ``EXIT_CODES`` (documented in ``--help`` and the
-README): a bad spec or request is 2 whichever command sent it, an unreachable API or a
-refused token is 3.
+"""How every CLI command talks to the API: one client factory, one call helper and one error
+type per cause, each with its code from the exit-code table (``app.cli.exit_codes``).
 """
 
 from __future__ import annotations
@@ -15,25 +11,8 @@ from typing import Any
 import click
 import httpx
 
+from app.cli.exit_codes import EXIT_MISSED, EXIT_UNREACHABLE, EXIT_USAGE
 from gridsweep.client import ApiClient, ApiError
-
-# The one exit-code table of the command line.
-EXIT_OK = 0  # done; for `submit`: the sweep succeeded and the gate (if any) was met
-EXIT_MISSED = 1  # the gate was missed, the sweep failed or was canceled, or another error
-EXIT_USAGE = 2  # invalid spec, request or usage
-EXIT_UNREACHABLE = 3  # server unreachable, or authentication refused
-EXIT_TIMEOUT = 4  # --timeout reached before the sweep ended
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the sweep itself goes on
-
-EXIT_CODES = {
-    EXIT_OK: "the sweep succeeded and the gate (if any) was met",
-    EXIT_MISSED: "the gate was missed, or the sweep failed or was canceled",
-    EXIT_USAGE: "invalid spec or usage, or no such sweep, trial or dataset",
-    EXIT_UNREACHABLE: "server or database unreachable, or authentication refused",
-    EXIT_TIMEOUT: "--timeout reached before the sweep ended",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C) while waiting; the sweep goes on",
-}
-EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
 
 class CliError(click.ClickException):

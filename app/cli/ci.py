@@ -1,7 +1,7 @@
 """CI and operations commands: ``submit`` (with a pass/fail gate), ``schema``, ``config``.
 
 ``submit --wait`` turns a sweep into a CI step: it waits, judges the best metric
-against the gate and exits with a documented code (see ``reports.EXIT_CODES_HELP``).
+against the gate and exits with a documented code (``app.cli.exit_codes``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from app.cli import output as out
 from app.cli import reports
 from app.cli import waiting as ci
-from app.cli.api import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, BadInput, call, make_client
+from app.cli.api import BadInput, call, make_client
+from app.cli.exit_codes import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK
 from app.cli.options import server_option
 from app.cli.reports import Gate
 from app.config import Settings

@@ -1,4 +1,8 @@
-"""Run the API locally: in a thread of this process, or as child processes."""
+"""Run the API locally: in a thread of this process, or as child processes.
+
+Light to import (no HTTP client, server or settings until used): ``gridsweep run`` starts its
+workers from here before anything heavy is imported.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-
-import httpx
-import uvicorn
+from typing import TYPE_CHECKING
 
 from app.cli.lifeline import child_lifeline
-from app.config import Settings
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 
 def local_threads(workers: int) -> int:
@@ -46,6 +50,8 @@ def wait_healthy(
 ) -> bool:
     """Wait for ``GET /healthz`` to answer 200 (or the server process to die), asking every
     ``interval`` s; False if ``stop`` was set first."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stop is not None and stop.is_set():
@@ -65,6 +71,8 @@ class ThreadServer:
     """uvicorn in a daemon thread (``gridsweep run``): same HTTP path, no extra process."""
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
+        import uvicorn
+
         from app.api import create_app  # here: client-only commands need not import the API
         from app.api.slow_clients import server_config
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from app.cli.api import EXIT_INTERRUPTED
+from app.cli.exit_codes import EXIT_INTERRUPTED
 from app.cli.lifeline import watch_lifeline
 from app.cli.options import log_options
 from app.cli.startup import one_blas_thread
@@ -28,7 +28,8 @@ from gridsweep.logs import configure_logging
 # checks this against every module's COMMANDS).
 COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(["db", "serve", "worker", "up"], "serving"),
-    **dict.fromkeys(["run", "status", "best", "extend"], "sweeps"),
+    "run": "run",
+    **dict.fromkeys(["status", "best", "extend"], "sweeps"),
     **dict.fromkeys(["submit", "schema", "config"], "ci"),
     **dict.fromkeys(["sweeps", "cancel", "delete", "export", "trials", "trial"], "manage"),
     **dict.fromkeys(["dataset", "model", "predict", "rerun"], "data"),
@@ -67,9 +68,13 @@ class Group(click.Group):
 
 @click.group(cls=Group)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """gridsweep: hyperparameter grid search for PyTorch MLPs."""
-    configure_logging(**log_options(verbose))
+    # `run` sets its own logging (quiet by default) once its workers are started: reading the
+    # settings here would import pydantic before they start (app/cli/run.py).
+    if ctx.invoked_subcommand != "run":
+        configure_logging(**log_options(verbose))
 
 
 def cli() -> None:

@@ -1,18 +1,23 @@
 """Options and checks that several ``gridsweep`` commands share: where the API is, where the
-store is, auth, pack size, log level."""
+store is, auth, pack size, log level.
+
+Light to import (click and the pack-size rule): ``gridsweep run`` starts its workers before it
+imports the settings (pydantic), the HTTP client or the store, so their import of torch
+overlaps those. What needs them imports them when called.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
 
-from app.cli.api import BadInput, masked_url, store_unreachable
-from app.config import Settings, get_settings
 from worker.packing import parse_pack_size
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -50,6 +55,7 @@ def open_store(url: str) -> None:
     its URL (password masked), exit 3; a URL that is not one is a usage error (exit 2)."""
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+    from app.cli.api import BadInput, masked_url, store_unreachable
     from app.migrate import upgrade
 
     try:
@@ -61,6 +67,8 @@ def open_store(url: str) -> None:
 
 
 def settings_for(db: str | None) -> Settings:
+    from app.config import get_settings
+
     s = get_settings()
     return s.model_copy(update={"database_url": db}) if db else s
 
@@ -101,6 +109,10 @@ insecure_option = click.option(
 
 def log_options(verbose: bool) -> dict[str, Any]:
     """Log level and format for this process, from ``GRIDSWEEP_LOG_*`` (``-v``: DEBUG)."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
     try:
         s = Settings()
         level, fmt = s.log_level, s.log_format

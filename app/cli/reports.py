@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from app.cli.api import EXIT_MISSED, EXIT_OK, EXIT_TIMEOUT
+from app.cli.exit_codes import EXIT_MISSED, EXIT_OK, EXIT_TIMEOUT
 from app.cli.output import fmt, varying_axes
 from gridsweep.vocab import metric_units, rule_text
 
