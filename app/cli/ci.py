@@ -19,7 +19,7 @@ from app.cli import output as out
 from app.cli import reports
 from app.cli import waiting as ci
 from app.cli.api import BadInput, call, make_client
-from app.cli.exit_codes import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK
+from app.cli.exit_codes import EXIT_CODES_HELP, EXIT_OK
 from app.cli.options import server_option
 from app.cli.reports import Gate
 from app.config import Settings
@@ -187,10 +187,7 @@ def interrupted(sweep_id: int, server: str, as_json: bool) -> NoReturn:
         f"interrupted: sweep {sweep_id} goes on on the server ({server}); "
         f"follow it with `gridsweep status {sweep_id}`, cancel it with `gridsweep cancel {sweep_id}`"
     )
-    if as_json:
-        out.echo_json({"sweep_id": sweep_id, "error": message, "exit_code": EXIT_INTERRUPTED, "errors": []})
-    click.echo(message, err=True)
-    sys.exit(EXIT_INTERRUPTED)
+    out.exit_interrupted(sweep_id, message, as_json)
 
 
 @click.command()

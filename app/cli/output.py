@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
 
 from app import search_spec
 from app.cli.api import BadInput
+from app.cli.exit_codes import EXIT_INTERRUPTED
 from app.spec import AXES, SweepSpec, format_loc
 from app.spec_errors import plain_errors
 from gridsweep.specfile import SpecFileError, load_spec_file
@@ -163,6 +164,15 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def exit_interrupted(sweep_id: int, message: str, as_json: bool) -> NoReturn:
+    """Ctrl-C while a sweep goes on (``run``, ``submit --wait``): say where it stays and how to go on
+    (also as JSON on stdout with ``--json``), exit 130."""
+    if as_json:
+        echo_json({"sweep_id": sweep_id, "error": message, "exit_code": EXIT_INTERRUPTED, "errors": []})
+    click.echo(message, err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def is_tty() -> bool:

@@ -160,10 +160,7 @@ def run(
             f"interrupted: sweep {sid} stays {sweep['status']} in {masked_url(settings.database_url)}; "
             f"its trials wait for a worker (gridsweep up --db ...), or cancel it with gridsweep cancel {sid}"
         )
-        if as_json:
-            out.echo_json({"sweep_id": sid, "error": message, "exit_code": EXIT_INTERRUPTED, "errors": []})
-        click.echo(message, err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        out.exit_interrupted(sid, message, as_json)
     verdict = reports.evaluate(sweep, None, False, None)
     if as_json:
         elapsed = round(time.monotonic() - started, 3)
