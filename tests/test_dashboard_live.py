@@ -5,8 +5,8 @@ a refit trial is labelled. Same browser, seeded store and checks as ``test_dashb
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,9 +15,6 @@ from app.db import Database
 from app.models import Trial
 from app.services.artifacts import store_models
 from tests.test_dashboard import Browse, Site
-
-if TYPE_CHECKING:
-    from playwright.sync_api import Dialog, Page
 
 pytestmark = pytest.mark.slow
 
@@ -40,33 +37,6 @@ def epoch(live: Site, trial: tuple[int, str, str], n: int, val_loss: float) -> s
     r = live.server.http.post(f"/api/v1/workers/{worker_id}/epochs", json={"reports": [report]})
     r.raise_for_status()
     return r.json()["states"][str(trial_id)]
-
-
-def click_until_posted(page: Page, selector: str, path: str, attempts: int = 3) -> None:
-    """Click a button that posts (after its confirm dialog) until the POST to ``path`` is answered.
-
-    The summary polls itself every 2 s and is swapped whole (outerHTML): a click whose mousedown
-    reaches the old button and its mouseup the new one is no click at all, for a person as for
-    Playwright (seen once on a slow CI run: the cancel never posted). A person clicks again.
-    """
-
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    def accept(dialog: Dialog) -> None:
-        dialog.accept()
-
-    page.on("dialog", accept)
-    try:
-        for attempt in range(attempts):
-            try:
-                with page.expect_response(lambda r: r.url.endswith(path), timeout=5_000):
-                    page.click(selector)
-                return
-            except PlaywrightTimeout:
-                if attempt == attempts - 1:
-                    raise
-    finally:
-        page.remove_listener("dialog", accept)
 
 
 def test_running_sweep_shows_epoch_progress_and_running_curves(own_site: Site, browse: Browse) -> None:
@@ -105,7 +75,9 @@ def test_running_sweep_shows_epoch_progress_and_running_curves(own_site: Site, b
     browse.shot("sweep-running-epochs")
 
     # Cancel: the status turns now; the counts follow as the running trials stop, without a reload.
-    click_until_posted(page, "[data-testid=cancel]", f"/sweeps/{sid}/cancel")
+    page.once("dialog", lambda d: d.accept())
+    with page.expect_response(lambda r: r.url.endswith(f"/sweeps/{sid}/cancel")):
+        page.click("[data-testid=cancel]")
     page.wait_for_selector("#summary[data-status=canceled]")
     page.wait_for_selector("[data-testid=phase][data-phase=canceling]")
     canceled = live.api(f"/api/v1/sweeps/{sid}")["counts"]["canceled"]
@@ -217,4 +189,36 @@ def test_a_sweep_whose_trials_all_run_draws_their_curves_and_no_infinity(
     assert "w47" in page.get_attribute("[data-testid=running-seg]", "class")
     assert page.inner_text("[data-testid=done]") == "0"
     browse.shot("sweep-all-running")
+    browse.assert_clean()
+
+
+def test_a_click_held_across_the_summary_s_poll_is_not_lost(own_site: Site, browse: Browse) -> None:
+    """The summary polls itself and is swapped whole: a count link (or Cancel) held down while a
+    poll answers would be replaced under the pointer, and its mouseup would land on the new one:
+    no click. A poll that lands mid-press is not swapped in (app/dashboard/static/dashboard.js);
+    the press ends in its click, and the polls swap again once it is released."""
+    live = own_site
+    sid = live.seeded.running_id
+    browse.goto(f"/sweeps/{sid}")
+    page = browse.page
+    page.evaluate(
+        """() => { window.__polls = 0; document.addEventListener("htmx:afterRequest", (e) => {
+            if (e.detail.requestConfig.verb === "get" && e.detail.pathInfo.requestPath.endsWith("/summary"))
+                window.__polls++; }); }"""
+    )
+    link = page.locator("[data-testid=counts] li[data-status=succeeded] a")
+    box = link.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    # A poll answers while the link is held (the page's CSP allows no eval: asked from here).
+    deadline = time.monotonic() + 15
+    while page.evaluate("() => window.__polls") == 0:
+        assert time.monotonic() < deadline, "no poll of the summary in 15 s"
+        page.wait_for_timeout(50)
+    page.mouse.up()
+    page.wait_for_url(f"**/sweeps/{sid}?status=succeeded")
+    page.wait_for_selector("#trials[data-status=succeeded]")
+    # Released: the next poll is swapped in (a reported epoch shows without a reload).
+    assert epoch(live, live.seeded.running[0], 3, 0.29) == "ok"
+    page.wait_for_selector("[data-testid=epochs][data-running-done='5']")
     browse.assert_clean()

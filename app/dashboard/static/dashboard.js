@@ -43,6 +43,23 @@ window.gridsweep = (function () {
     if (el) el.hidden = ok;
   }
 
+  // A poll swaps its whole fragment in (outerHTML). A link or button held down inside it right
+  // then would be replaced under the pointer, and its mouseup would land on the new one: no click
+  // (seen with Cancel). So a poll's answer that lands mid-press is not swapped in; the next poll,
+  // seconds later, brings the news. Only polls (GET): a POST's answer is the click's own result.
+  let pressed = null;
+  const release = () => { pressed = null; };
+  document.addEventListener("pointerdown", (e) => { pressed = e.target; }, true);
+  document.addEventListener("pointerup", release, true);
+  document.addEventListener("pointercancel", release, true);
+  window.addEventListener("blur", release);
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    const target = e.detail.target;
+    if (pressed && e.detail.requestConfig.verb === "get" && target && target.contains(pressed)) {
+      e.detail.shouldSwap = false;
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", checkVersions);
   document.addEventListener("htmx:afterSettle", checkVersions);
   document.addEventListener("htmx:afterRequest", (e) => connection(e.detail.successful || e.detail.xhr.status > 0));
