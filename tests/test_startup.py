@@ -74,9 +74,9 @@ def test_the_worker_imports_torch_with_the_gc_paused(
     worker = start_worker(server.url, "--exit-when-idle", GRIDSWEEP_LOG_LEVEL="debug")
     assert worker.wait(timeout=120) == 0  # --exit-when-idle: at its first empty claim
     lines = [json.loads(x) for x in log_text(tmp_path / "worker-0.log").splitlines() if x.startswith("{")]
-    startup = [x["msg"] for x in lines if x["logger"] == "gridsweep.startup"]
-    assert len(startup) == 1 and "with the GC paused" in startup[0], startup
-    frozen = int(startup[0].split("; ")[1].split()[0])
+    startup = [i for i, x in enumerate(lines) if x["logger"] == "gridsweep.startup"]
+    assert len(startup) == 1 and "with the GC paused" in lines[startup[0]]["msg"], lines
+    frozen = int(lines[startup[0]]["msg"].split("; ")[1].split()[0])
     assert frozen > 100_000  # torch and the worker: frozen before the first claim
-    first_claim = next(i for i, x in enumerate(lines) if "registered as" in x["msg"])
-    assert lines.index(next(x for x in lines if x["logger"] == "gridsweep.startup")) < first_claim
+    registered = next(i for i, x in enumerate(lines) if "registered as" in x["msg"])
+    assert startup[0] < registered

@@ -3,7 +3,7 @@
 Its module imports little (click, the process helpers, the shared options): the workers are
 started before the settings, the spec's models, the HTTP client or the API are imported, so the
 workers' import of torch, the longest step before a small sweep's first claim, starts ~0.3 s
-sooner (measured on 2 cores: a 1-trial sweep 2.64 -> 2.33 s, the median of 10 interleaved pairs).
+sooner (measured on 2 cores: a 1-trial sweep 2.30 -> 1.88 s, the median of 10 interleaved pairs).
 """
 
 from __future__ import annotations
